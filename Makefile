@@ -1,0 +1,36 @@
+# attnviz: the two commands. `make run` serves the app, `make test` runs every test.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-fast lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m streamlit run app.py
+
+# Every test, slow ones included (what CI runs).
+test: $(STAMP)
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+# The quick loop for development: skips tests marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: $(STAMP)
+	$(PY) -m attnviz bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

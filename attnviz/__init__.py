@@ -1,0 +1,47 @@
+"""attnviz: see what the attention modules of vision models do.
+
+The public API::
+
+    import attnviz
+    model = attnviz.load_model("seresnet50", weights="random")
+    [result] = attnviz.analyze(model, [attnviz.load_image("cat.jpg")])
+    result.top5, result.channel_weights, result.spatial_maps, result.gradcam
+
+Renderers live in :mod:`attnviz.render`. This package never imports streamlit.
+"""
+
+from __future__ import annotations
+
+from . import render
+from .analysis import analyze
+from .errors import AttnvizError, CheckpointError, DeviceError, UnknownModelError, WeightsUnavailableError
+from .imageio import ImageLoadError, load_image
+from .models import LoadedModel, ModelSpec, get_spec, list_models, load_checkpoint, load_model, resolve_device
+from .records import Analysis, ChannelWeights, GradCAM, Prediction, Record, SpatialMap
+
+__all__ = [
+    "Analysis",
+    "AttnvizError",
+    "ChannelWeights",
+    "CheckpointError",
+    "DeviceError",
+    "GradCAM",
+    "ImageLoadError",
+    "LoadedModel",
+    "ModelSpec",
+    "Prediction",
+    "Record",
+    "SpatialMap",
+    "UnknownModelError",
+    "WeightsUnavailableError",
+    "analyze",
+    "get_spec",
+    "list_models",
+    "load_checkpoint",
+    "load_image",
+    "load_model",
+    "render",
+    "resolve_device",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,135 @@
+"""Which submodule of each attention family holds its attention, and how to read it.
+
+Each family contributes small :class:`~attnviz.capture.Tap` objects; :func:`find_taps` walks a
+model once and returns them in module order. Adding a family means adding one function to
+``_ADAPTERS``, not another capture loop.
+
+Families read here (batch-first outputs of the hooked submodule):
+
+* SE, torchvision ``ops.misc.SqueezeExcitation``: ``scale_activation`` -> ``[B, C, 1, 1]``.
+* SE, timm ``SEModule``/``EffectiveSEModule``: ``gate`` -> ``[B, C, 1, 1]``.
+* ECA, timm ``EcaModule``/``CecaModule``: ``gate`` -> ``[B, 1, C]``.
+* SK, timm ``SelectiveKernelAttn``: the module -> ``[B, paths, C, 1, 1]`` (softmax over paths).
+* Split attention, timm ``RadixSoftmax``: the module -> ``[B, radix * C]`` (softmax over radix).
+* GC, timm ``GlobalContext``: ``conv_attn`` -> ``[B, 1, H, W]`` logits, softmax over H*W taken
+  here (the softmax is inline in timm); ``mlp_add`` -> ``[B, C, 1, 1]`` added to every position;
+  ``gate`` -> ``[B, C, 1, 1]`` when the block also scales.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from timm.layers.eca import CecaModule, EcaModule
+from timm.layers.global_context import GlobalContext
+from timm.layers.selective_kernel import SelectiveKernel, SelectiveKernelAttn
+from timm.layers.split_attn import SplitAttn
+from timm.layers.squeeze_excite import EffectiveSEModule, SEModule
+from torch import nn
+from torchvision.ops.misc import SqueezeExcitation
+
+from .capture import Tap
+
+__all__ = ["ATTENTION_KINDS", "find_taps"]
+
+#: Human-readable names of the attention kinds a tap can report.
+ATTENTION_KINDS: dict[str, str] = {
+    "se": "squeeze-and-excitation channel gate",
+    "eca": "efficient channel attention gate",
+    "sk": "selective-kernel softmax over paths",
+    "split": "split-attention softmax over radix splits",
+    "gc_context": "global-context softmax over positions",
+    "gc_add": "global-context channel term added to every position",
+    "gc_scale": "global-context channel gate",
+}
+
+
+def _flat(out: torch.Tensor) -> torch.Tensor:
+    return out.reshape(out.shape[0], -1)
+
+
+def _se(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap]:
+    if isinstance(m, SqueezeExcitation):
+        yield Tap(name, m.scale_activation, "se", "channel", _flat)
+    elif isinstance(m, SEModule | EffectiveSEModule):
+        yield Tap(name, m.gate, "se", "channel", _flat)
+
+
+def _eca(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap]:
+    if isinstance(m, EcaModule | CecaModule):
+        yield Tap(name, m.gate, "eca", "channel", _flat)
+
+
+def _sk(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap]:
+    if isinstance(m, SelectiveKernelAttn):
+        parent = parents.get(name)
+        labels: tuple[str, ...] = ()
+        if isinstance(parent, SelectiveKernel):
+            labels = tuple(_conv_label(path) for path in parent.paths)
+        yield Tap(name, m, "sk", "channel", lambda out: out.flatten(3).squeeze(3), labels)
+
+
+def _split(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap]:
+    if isinstance(m, SplitAttn) and m.radix > 1:
+        radix = m.radix
+        labels = tuple(f"split {i}" for i in range(radix))
+        layer = name
+        yield Tap(
+            layer, m.rsoftmax, "split", "channel", lambda out: out.reshape(out.shape[0], radix, -1), labels
+        )
+
+
+def _gc(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap]:
+    if isinstance(m, GlobalContext):
+        if m.conv_attn is not None:
+            yield Tap(name, m.conv_attn, "gc_context", "spatial", _softmax_over_positions)
+        if m.mlp_scale is not None:
+            yield Tap(name, m.gate, "gc_scale", "channel", _flat)
+        if m.mlp_add is not None:
+            yield Tap(name, m.mlp_add, "gc_add", "channel", _flat)
+
+
+def _softmax_over_positions(out: torch.Tensor) -> torch.Tensor:
+    b, _, h, w = out.shape
+    return torch.softmax(out.reshape(b, h * w).float(), dim=-1).reshape(b, h, w)
+
+
+def _conv_label(path: nn.Module) -> str:
+    conv = next((c for c in path.modules() if isinstance(c, nn.Conv2d)), None)
+    if conv is None:
+        return type(path).__name__
+    kh, kw = conv.kernel_size
+    label = f"{kh}x{kw}"
+    if conv.dilation != (1, 1):
+        label += f" dil {conv.dilation[0]}"
+    return label
+
+
+_ADAPTERS: tuple[Callable[[str, nn.Module, dict[str, nn.Module]], Iterator[Tap]], ...] = (
+    _se,
+    _eca,
+    _sk,
+    _split,
+    _gc,
+)
+
+
+def find_taps(model: nn.Module) -> list[Tap]:
+    """Every attention tap in ``model``, in module registration order.
+
+    Args:
+        model: any torchvision or timm CNN (or a module containing the families above).
+
+    Returns:
+        The taps; empty for a model without a supported attention module.
+    """
+    parents: dict[str, nn.Module] = {}
+    for pname, pmod in model.named_modules():
+        for cname, _ in pmod.named_children():
+            parents[f"{pname}.{cname}" if pname else cname] = pmod
+    taps: list[Tap] = []
+    for name, module in model.named_modules():
+        for adapter in _ADAPTERS:
+            taps.extend(adapter(name, module, parents))
+    return taps

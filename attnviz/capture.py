@@ -1,0 +1,131 @@
+"""The one context manager that owns every hook attnviz puts on a model.
+
+``Capture`` registers forward hooks for a list of :class:`Tap` objects, stores what each tap
+reads, and in ``finally`` removes every handle, restores every module's ``training`` flag and
+every attribute it changed. Model families contribute taps (see ``attnviz.adapters``), never a
+copy of this loop.
+
+Example::
+
+    with Capture(model, taps) as cap, torch.inference_mode():
+        logits = model(x)
+    for tap, value in cap.results():
+        ...
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+__all__ = ["Capture", "Tap"]
+
+log = logging.getLogger(__name__)
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Tap:
+    """Where to read one attention quantity and how.
+
+    Attributes:
+        layer: qualified name of the attention module the record is attributed to.
+        module: the submodule whose forward output is read (e.g. an SE block's gate).
+        kind: attention family of the record (``"se"``, ``"gc_context"``, ...).
+        record: ``"channel"`` for ChannelWeights, ``"spatial"`` for SpatialMap.
+        read: maps the hooked module's output to a batch-first tensor: ``[B, C]``,
+            ``[B, paths, C]`` for channel records, ``[B, H, W]`` for spatial ones.
+        path_labels: names of the paths of multi-path channel records.
+    """
+
+    layer: str
+    module: nn.Module
+    kind: str
+    record: Literal["channel", "spatial"]
+    read: Callable[[torch.Tensor], torch.Tensor]
+    path_labels: tuple[str, ...] = ()
+
+
+class Capture:
+    """Hooks ``taps`` into ``model`` for the duration of a ``with`` block.
+
+    On entry the model is put in eval mode; on exit (also when the forward raised) every hook is
+    removed and every ``training`` flag and attribute set through :meth:`set_attr` is restored.
+
+    Args:
+        model: the model to capture from.
+        taps: what to read; each tap's output is stored every time its module runs.
+    """
+
+    def __init__(self, model: nn.Module, taps: list[Tap]) -> None:
+        self.model = model
+        self.taps = list(taps)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._training: list[tuple[nn.Module, bool]] = []
+        self._attrs: list[tuple[object, str, Any]] = []
+        self._values: list[tuple[Tap, torch.Tensor]] = []
+        self._active = False
+
+    def __enter__(self) -> Capture:
+        if self._active:
+            raise RuntimeError("Capture is not re-entrant")
+        self._active = True
+        try:
+            self._training = [(m, m.training) for m in self.model.modules()]
+            self.model.eval()
+            for tap in self.taps:
+                self._handles.append(tap.module.register_forward_hook(self._hook_for(tap)))
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._restore()
+
+    def set_attr(self, obj: object, name: str, value: Any) -> None:
+        """Set ``obj.name = value`` until the capture ends (e.g. a fused-attention flag)."""
+        if not self._active:
+            raise RuntimeError("set_attr is only allowed inside the capture")
+        self._attrs.append((obj, name, getattr(obj, name, _MISSING)))
+        setattr(obj, name, value)
+
+    def _hook_for(self, tap: Tap) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            out = output[0] if isinstance(output, tuple) else output
+            # A copy: later in-place ops of the network (residual adds, in-place activations)
+            # must not change what was captured.
+            self._values.append((tap, tap.read(out.detach()).to(torch.float32, copy=True)))
+
+        return hook
+
+    def _restore(self) -> None:
+        try:
+            for handle in self._handles:
+                handle.remove()
+            for obj, name, old in reversed(self._attrs):
+                if old is _MISSING:
+                    delattr(obj, name)
+                else:
+                    setattr(obj, name, old)
+            for module, flag in self._training:
+                module.training = flag
+        finally:
+            self._handles.clear()
+            self._attrs.clear()
+            self._training.clear()
+            self._active = False
+
+    def results(self) -> list[tuple[Tap, torch.Tensor]]:
+        """Every value read, in the order the hooks fired (forward order), on the CPU."""
+        return [(tap, value.cpu()) for tap, value in self._values]
+
+    def clear(self) -> None:
+        """Forget the values read so far (hooks stay in place)."""
+        self._values.clear()

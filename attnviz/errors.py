@@ -1,0 +1,41 @@
+"""Exceptions that attnviz raises for bad input: each message is one user-facing sentence."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AttnvizError",
+    "CheckpointError",
+    "DeviceError",
+    "UnknownModelError",
+    "WeightsUnavailableError",
+]
+
+
+class AttnvizError(Exception):
+    """Base class of every error attnviz raises on purpose; ``str(err)`` is meant for users."""
+
+
+class UnknownModelError(AttnvizError, ValueError):
+    """A model name that attnviz does not know."""
+
+
+class DeviceError(AttnvizError, ValueError):
+    """A device that does not exist or is not available on this machine."""
+
+
+class CheckpointError(AttnvizError, ValueError):
+    """A checkpoint file that cannot be loaded safely, or does not fit the architecture."""
+
+
+class WeightsUnavailableError(AttnvizError, LookupError):
+    """Pretrained weights that are neither cached locally nor downloadable right now.
+
+    Attributes:
+        weights_file: the checkpoint file that is missing.
+        expected_path: where attnviz (through the library's own cache) looks for it.
+    """
+
+    def __init__(self, message: str, *, weights_file: str, expected_path: str) -> None:
+        super().__init__(message)
+        self.weights_file = weights_file
+        self.expected_path = expected_path

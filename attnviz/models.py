@@ -1,0 +1,513 @@
+"""The model zoo: which models attnviz knows, and how they are built, weighted and preprocessed.
+
+Pretrained weights come through the libraries' own caches (torch hub for torchvision, the
+Hugging Face cache for timm). Nothing is downloaded unless ``weights="pretrained"`` asks for it,
+and when a download cannot happen the error names the file and where to put it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .adapters import find_taps
+from .capture import Tap
+from .errors import CheckpointError, DeviceError, UnknownModelError, WeightsUnavailableError
+
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "LoadedModel",
+    "ModelSpec",
+    "ProgressFn",
+    "get_spec",
+    "list_models",
+    "load_checkpoint",
+    "load_model",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``progress(message, fraction)``: fraction in [0, 1], or None when unknown.
+ProgressFn = Callable[[str, float | None], None]
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What attnviz knows about a model before building it.
+
+    Attributes:
+        name: the name to pass to :func:`load_model`.
+        source: the library that defines it (``"torchvision"`` or ``"timm"``).
+        attention: the attention kinds captured in it (empty for the baseline).
+        input_size: (H, W) the model's preprocessing produces.
+        pretrained_available: True when its pretrained weights are already in the local cache.
+        weights_file: the checkpoint file name the pretrained weights come in.
+        weights_path: where that file is (or would be) in the library's cache.
+        description: one line for the UI.
+        gradcam_layer: qualified name of the layer Grad-CAM explains.
+    """
+
+    name: str
+    source: str
+    attention: tuple[str, ...]
+    input_size: tuple[int, int]
+    pretrained_available: bool
+    weights_file: str
+    weights_path: str
+    description: str
+    gradcam_layer: str
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    source: str
+    attention: tuple[str, ...]
+    input_size: tuple[int, int]
+    description: str
+    gradcam_layer: str
+
+
+_ZOO: dict[str, _Entry] = {
+    e.name: e
+    for e in (
+        _Entry("mobilenet_v3_large", "torchvision", ("se",), (224, 224),
+               "MobileNetV3-Large: SE with a hard-sigmoid gate in 8 inverted residual blocks", "features.16"),
+        _Entry("efficientnet_b0", "torchvision", ("se",), (224, 224),
+               "EfficientNet-B0: SE in every MBConv block", "features.8"),
+        _Entry("regnet_y_400mf", "torchvision", ("se",), (224, 224),
+               "RegNetY-400MF: SE in every bottleneck", "trunk_output.block4"),
+        _Entry("seresnet50", "timm", ("se",), (224, 224),
+               "SE-ResNet-50: SE after every bottleneck", "layer4"),
+        _Entry("ecaresnet26t", "timm", ("eca",), (256, 256),
+               "ECA-ResNet-26-T: 1-D convolution over channels instead of an MLP", "layer4"),
+        _Entry("skresnet18", "timm", ("sk",), (224, 224),
+               "SK-ResNet-18: softmax over a 3x3 and a dilated 3x3 path per channel", "layer4"),
+        _Entry("resnest14d", "timm", ("split",), (224, 224),
+               "ResNeSt-14d: split attention, softmax over 2 radix splits per channel", "layer4"),
+        _Entry("gcresnext26ts", "timm", ("gc_context", "gc_add"), (256, 256),
+               "GC-ResNeXt-26-TS: global-context map over positions plus a channel add term", "stages.3"),
+        _Entry("resnet50", "torchvision", (), (224, 224),
+               "ResNet-50: no attention module, the Grad-CAM baseline", "layer4"),
+    )
+}  # fmt: skip
+
+
+def _tv_weights(name: str):
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(name).DEFAULT
+
+
+def _timm_cfg(name: str):
+    import timm
+
+    return timm.models.get_pretrained_cfg(name)
+
+
+def _hf_filenames(cfg) -> tuple[str, ...]:
+    if getattr(cfg, "hf_hub_filename", None):
+        return (cfg.hf_hub_filename,)
+    return ("model.safetensors", "pytorch_model.bin")
+
+
+def _hf_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _cached_timm_file(cfg) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in _hf_filenames(cfg):
+        hit = try_to_load_from_cache(cfg.hf_hub_id, filename)
+        if isinstance(hit, str) and os.path.isfile(hit):
+            return Path(hit)
+    return None
+
+
+def _weights_location(entry: _Entry) -> tuple[str, Path, bool]:
+    """(file name, expected path, present locally) of an entry's pretrained weights."""
+    if entry.source == "torchvision":
+        url = _tv_weights(entry.name).url
+        filename = os.path.basename(url)
+        path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+        return filename, path, path.is_file()
+    cfg = _timm_cfg(entry.name)
+    hit = _cached_timm_file(cfg)
+    if hit is not None:
+        return hit.name, hit, True
+    repo_dir = "models--" + cfg.hf_hub_id.replace("/", "--")
+    filename = _hf_filenames(cfg)[0]
+    return filename, _hf_cache_dir() / repo_dir / "snapshots" / "<revision>" / filename, False
+
+
+def _spec(entry: _Entry) -> ModelSpec:
+    filename, path, present = _weights_location(entry)
+    return ModelSpec(
+        name=entry.name,
+        source=entry.source,
+        attention=entry.attention,
+        input_size=entry.input_size,
+        pretrained_available=present,
+        weights_file=filename,
+        weights_path=str(path),
+        description=entry.description,
+        gradcam_layer=entry.gradcam_layer,
+    )
+
+
+def list_models() -> list[ModelSpec]:
+    """Every model attnviz can load, with whether its pretrained weights are cached locally.
+
+    Returns:
+        One :class:`ModelSpec` per model, attention models first, the baseline last.
+    """
+    return [_spec(e) for e in _ZOO.values()]
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of ``name``.
+
+    Raises:
+        UnknownModelError: for a name that is not in :func:`list_models`.
+    """
+    return _spec(_entry(name))
+
+
+def _entry(name: str) -> _Entry:
+    if not isinstance(name, str) or name not in _ZOO:
+        known = ", ".join(_ZOO)
+        raise UnknownModelError(f"Unknown model {name!r}: choose one of {known}.")
+    return _ZOO[name]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else the CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` are checked.
+
+    Raises:
+        DeviceError: for an unknown device or CUDA that is not available.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise DeviceError(f"Unknown device {device!r}: use auto, cpu, cuda or cuda:N.")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                "CUDA was asked for, but no CUDA GPU is available on this machine: use cpu or auto."
+            )
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"{device} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)."
+            )
+    return torch.device(device)
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A model ready for :func:`attnviz.analyze`, with everything needed to read its results.
+
+    Attributes:
+        spec: what the model is.
+        module: the ``nn.Module`` in eval mode, on ``device``, parameters frozen.
+        transform: PIL image -> normalised ``[3, H, W]`` tensor, from the weights' own config.
+        mean, std: the normalisation the transform applies (to undo it for display).
+        categories: the 1000 ImageNet class names, index order.
+        weights: ``"pretrained"``, ``"random"`` or the checkpoint's file name.
+        untrained: True for random weights: every result is marked untrained.
+        device: where the module lives.
+        taps: the attention taps found in the module.
+        lock: hold it while running the module; the model may be shared between sessions.
+    """
+
+    spec: ModelSpec
+    module: nn.Module
+    transform: Callable[[Image.Image], torch.Tensor]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    categories: tuple[str, ...]
+    weights: str
+    untrained: bool
+    device: torch.device
+    taps: list[Tap] = field(default_factory=list)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return self.spec.name
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Apply the model's transform to RGB images: ``[B, 3, H, W]`` on the model's device."""
+        batch = torch.stack([self.transform(img.convert("RGB")) for img in images])
+        return batch.to(self.device)
+
+
+def _report(progress: ProgressFn | None, message: str, fraction: float | None = None) -> None:
+    log.info("%s", message)
+    if progress is not None:
+        progress(message, fraction)
+
+
+def _download(url: str, dest: Path, progress: ProgressFn | None) -> None:
+    """Download ``url`` to ``dest`` through a temporary file, checking torch hub's hash prefix."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        total = int(resp.headers.get("Content-Length") or 0)
+        done = 0
+        with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
+            try:
+                while chunk := resp.read(1 << 20):
+                    tmp.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    frac = done / total if total else None
+                    _report(progress, f"Downloading {dest.name}: {done / 1e6:.0f} MB", frac)
+                tmp.close()
+                match = re.search(r"-([a-f0-9]{6,})\.", dest.name)
+                if match and not digest.hexdigest().startswith(match.group(1)):
+                    raise CheckpointError(f"Downloaded {dest.name} does not match its hash: try again.")
+                shutil.move(tmp.name, dest)
+            finally:
+                if os.path.exists(tmp.name):
+                    os.unlink(tmp.name)
+
+
+def _unavailable(entry: _Entry, filename: str, path: Path, cause: BaseException) -> WeightsUnavailableError:
+    if entry.source == "torchvision":
+        where = f"put {filename} at {path} (torch hub cache: $TORCH_HOME/hub/checkpoints/)"
+    else:
+        cfg = _timm_cfg(entry.name)
+        where = (
+            f"download the Hugging Face repo {cfg.hf_hub_id} into the HF cache ({_hf_cache_dir()}, "
+            f"e.g. `hf download {cfg.hf_hub_id}` on a connected machine, then copy the cache)"
+        )
+    return WeightsUnavailableError(
+        f"Pretrained weights for {entry.name} ({filename}) are not cached and could not be downloaded "
+        f"({type(cause).__name__}): {where}, or pass weights=<path to a .safetensors/.pth state dict>, "
+        f"or use weights='random'.",
+        weights_file=filename,
+        expected_path=str(path),
+    )
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict safely: safetensors, or ``torch.load(weights_only=True)``.
+
+    Pickles that carry code are refused (weights_only), and so is anything that is not a mapping
+    of parameter names to tensors. A ``state_dict``/``model`` wrapper and a ``module.`` prefix
+    (DataParallel) are unwrapped.
+
+    Raises:
+        CheckpointError: with a message saying what is wrong with the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"Checkpoint {p} does not exist or is not a file.")
+    if p.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise CheckpointError(f"Checkpoint {p.name}: expected one of {', '.join(CHECKPOINT_SUFFIXES)}.")
+    try:
+        if p.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p), device="cpu")
+        else:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as err:  # the loaders raise many types for hostile or broken files
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            reason = "it contains Python objects, not only tensors (refused: only plain state dicts load)"
+        raise CheckpointError(f"Checkpoint {p.name} could not be loaded safely: {reason}") from err
+    for key in ("state_dict", "model", "model_state_dict", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"Checkpoint {p.name} holds no state dict (a mapping of names to tensors).")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"Checkpoint {p.name} has entries that are not tensors, e.g. {bad[0]!r}.")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _apply_checkpoint(module: nn.Module, state: dict[str, torch.Tensor], filename: str) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+                parts.append(f"{len(keys)} {label} ({shown})")
+        raise CheckpointError(f"Checkpoint {filename} does not fit this architecture: {'; '.join(parts)}.")
+    module.load_state_dict(state, strict=True)
+
+
+def _build(entry: _Entry, pretrained_file: Path | None):
+    """(module, transform, mean, std, categories) for an entry, random or from a cached file."""
+    if entry.source == "torchvision":
+        from torchvision.models import get_model
+
+        weights = _tv_weights(entry.name)
+        module = get_model(entry.name, weights=None)
+        if pretrained_file is not None:
+            state = torch.load(str(pretrained_file), map_location="cpu", weights_only=True)
+            module.load_state_dict(state)
+        transform = weights.transforms()
+        return (
+            module,
+            transform,
+            tuple(transform.mean),
+            tuple(transform.std),
+            tuple(weights.meta["categories"]),
+        )
+    import timm
+    from timm.data import ImageNetInfo, create_transform, resolve_data_config
+
+    kwargs = {}
+    if pretrained_file is not None:
+        kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(pretrained_file)}}
+    module = timm.create_model(entry.name, **kwargs)
+    cfg = resolve_data_config({}, model=module)
+    info = ImageNetInfo()
+    categories = tuple(info.index_to_description(i) for i in range(module.num_classes))
+    return module, create_transform(**cfg), tuple(cfg["mean"]), tuple(cfg["std"]), categories
+
+
+def _check_reachable(url: str) -> None:
+    """Fail fast (one connection attempt) instead of the hub clients' minute of retries when offline."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    with socket.create_connection((host, 443), timeout=5):
+        pass
+
+
+def _fetch_pretrained(entry: _Entry, progress: ProgressFn | None) -> Path:
+    filename, path, present = _weights_location(entry)
+    if present:
+        return path
+    try:
+        if entry.source == "torchvision":
+            _check_reachable(_tv_weights(entry.name).url)
+        else:
+            from huggingface_hub import constants
+
+            if constants.HF_HUB_OFFLINE:
+                raise OSError("HF_HUB_OFFLINE is set")
+            _check_reachable(constants.ENDPOINT)
+        if entry.source == "torchvision":
+            _download(_tv_weights(entry.name).url, path, progress)
+            return path
+        from huggingface_hub import hf_hub_download
+
+        cfg = _timm_cfg(entry.name)
+        _report(progress, f"Downloading {cfg.hf_hub_id}/{filename} from the Hugging Face hub", None)
+        return Path(hf_hub_download(cfg.hf_hub_id, filename))
+    except CheckpointError:
+        raise
+    except (OSError, urllib.error.URLError, ValueError, RuntimeError) as err:
+        raise _unavailable(entry, filename, path, err) from err
+
+
+def load_model(
+    name: str,
+    *,
+    weights: str | os.PathLike = "pretrained",
+    device: str | torch.device = "auto",
+    progress: ProgressFn | None = None,
+) -> LoadedModel:
+    """Build a model with its weights, preprocessing and class names.
+
+    Args:
+        name: a name from :func:`list_models`.
+        weights: ``"pretrained"`` (library cache, downloaded when missing and online),
+            ``"random"`` (same architecture, untrained; results are marked untrained), or a path
+            to a ``.safetensors`` file or a state dict loadable with ``torch.load(weights_only=True)``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        progress: optional ``progress(message, fraction)`` callback for the UI.
+
+    Returns:
+        The :class:`LoadedModel`, in eval mode with frozen parameters.
+
+    Raises:
+        UnknownModelError: unknown name.
+        DeviceError: unavailable device.
+        WeightsUnavailableError: pretrained weights neither cached nor downloadable; the
+            message names the file and where to put it.
+        CheckpointError: a path that is unsafe, unreadable, or does not fit the architecture.
+    """
+    entry = _entry(name)
+    dev = resolve_device(device)
+    checkpoint: dict[str, torch.Tensor] | None = None
+    pretrained_file: Path | None = None
+    if isinstance(weights, os.PathLike) or (
+        isinstance(weights, str) and weights not in ("pretrained", "random")
+    ):
+        path = Path(weights)
+        if not path.exists():
+            raise CheckpointError(
+                f"weights={str(weights)!r} is neither 'pretrained', 'random' nor an existing checkpoint file."
+            )
+        _report(progress, f"Reading checkpoint {path.name}", None)
+        checkpoint = load_checkpoint(path)
+        label = path.name
+    elif weights == "pretrained":
+        pretrained_file = _fetch_pretrained(entry, progress)
+        label = "pretrained"
+    elif weights == "random":
+        label = "random"
+    else:
+        raise CheckpointError(
+            f"weights must be 'pretrained', 'random' or a path, got {type(weights).__name__}."
+        )
+
+    _report(progress, f"Building {name}", None)
+    module, transform, mean, std, categories = _build(entry, pretrained_file)
+    if checkpoint is not None:
+        _apply_checkpoint(module, checkpoint, label)
+    module.eval().requires_grad_(False).to(dev)
+    _report(progress, f"{name} ready on {dev}", 1.0)
+    return LoadedModel(
+        spec=_spec(entry),
+        module=module,
+        transform=transform,
+        mean=mean,
+        std=std,
+        categories=categories,
+        weights=label,
+        untrained=label == "random",
+        device=dev,
+        taps=find_taps(module),
+    )

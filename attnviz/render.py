@@ -1,0 +1,614 @@
+"""Pure renderers: heat-map overlays (PIL) and plotly figures of captured attention.
+
+Nothing here displays or caches anything and nothing imports streamlit: every function takes
+records or arrays and returns a ``PIL.Image.Image``, a ``plotly.graph_objects.Figure``, a string
+or bytes. Colours come from matplotlib's colormap registry (``matplotlib.colormaps``), never from
+hand-made tables.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import plotly.graph_objects as go
+import plotly.offline
+from matplotlib.colors import Colormap
+from PIL import Image
+
+from attnviz.records import ChannelWeights, Prediction
+
+__all__ = [
+    "EMPTY_CHANNEL_MESSAGE",
+    "EMPTY_PREDICTION_MESSAGE",
+    "PLOTLYJS_FILENAME",
+    "block_channel_heatmap",
+    "channel_bar",
+    "figure_to_html",
+    "gate_stats",
+    "gate_stats_figure",
+    "heat_to_rgb",
+    "overlay",
+    "to_png_bytes",
+    "top5_bar",
+    "write_plotlyjs",
+]
+
+logger = logging.getLogger(__name__)
+
+EMPTY_CHANNEL_MESSAGE = "no channel attention in this model"
+"""Annotation of the channel-attention figures when there is nothing to plot."""
+
+EMPTY_PREDICTION_MESSAGE = "no predictions"
+"""Annotation of :func:`top5_bar` when there is nothing to plot."""
+
+PLOTLYJS_FILENAME = "plotly.min.js"
+"""File name that :func:`write_plotlyjs` writes and that exported HTML can reference."""
+
+_HEATMAP_COLORSCALE = "Viridis"
+
+
+# --------------------------------------------------------------------------------------------------
+# Heat-map overlays
+# --------------------------------------------------------------------------------------------------
+
+
+def _get_cmap(cmap: str | Colormap) -> Colormap:
+    if isinstance(cmap, Colormap):
+        return cmap
+    if not isinstance(cmap, str):
+        raise TypeError(f"cmap must be a matplotlib colormap name or Colormap, got {type(cmap).__name__}")
+    try:
+        return matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ValueError(f"unknown colormap {cmap!r}; see matplotlib.colormaps for the names") from None
+
+
+def _as_heat(heat: np.ndarray) -> np.ndarray:
+    """Checks a heat map and returns it as finite float64 ``[h, w]`` (non-finite -> 0, logged)."""
+    arr = np.asarray(heat)
+    if arr.ndim != 2:
+        raise ValueError(f"heat must be a 2-D array [H, W], got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"heat must not be empty, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise TypeError(f"heat must be numeric, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        logger.warning(
+            "heat map has %d non-finite value(s) of %d; treating them as 0", int(bad.sum()), arr.size
+        )
+        arr = np.where(bad, 0.0, arr)
+    return arr
+
+
+def _normalize(arr: np.ndarray) -> np.ndarray:
+    """Min-max scales to [0, 1]; a constant map becomes zeros (no division by zero)."""
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi - lo <= 0.0:
+        return np.zeros_like(arr)
+    return (arr - lo) / (hi - lo)
+
+
+def _as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """Returns the image as ``[H, W, 3]`` uint8 (PIL images of any mode are converted to RGB)."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a PIL image or a numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be an RGB array [H, W, 3], got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"image array must be uint8, got dtype {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image must not be empty, got shape {image.shape}")
+    return image
+
+
+def _resize_bilinear(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a float map to ``[height, width]``.
+
+    Pillow's resampling places samples at pixel centres (source coordinate
+    ``(dst + 0.5) * src / dst - 0.5``, edges replicated), i.e. ``align_corners=False`` in torch terms.
+    """
+    if arr.shape == (height, width):
+        return arr.copy()
+    img = Image.fromarray(arr.astype(np.float32))
+    return np.asarray(img.resize((width, height), resample=Image.Resampling.BILINEAR), dtype=np.float64)
+
+
+def heat_to_rgb(heat: np.ndarray, *, cmap: str | Colormap = "jet", normalize: bool = True) -> np.ndarray:
+    """Colours a heat map through a matplotlib colormap.
+
+    Args:
+        heat: ``[H, W]`` numeric array. Non-finite values are treated as 0 (with a logged warning).
+        cmap: name in ``matplotlib.colormaps`` (or a ``Colormap``).
+        normalize: min-max scale ``heat`` to [0, 1] first (a constant map becomes all zeros);
+            when False the values are clipped to [0, 1].
+
+    Returns:
+        ``[H, W, 3]`` uint8 colours, ``round(255 * cmap(v)[:3])`` per cell.
+
+    Raises:
+        ValueError: ``heat`` is not 2-D or is empty, or ``cmap`` is an unknown name.
+        TypeError: ``heat`` is not numeric or ``cmap`` is neither a name nor a Colormap.
+    """
+    colormap = _get_cmap(cmap)
+    arr = _as_heat(heat)
+    arr = _normalize(arr) if normalize else np.clip(arr, 0.0, 1.0)
+    return _colorize(arr, colormap)
+
+
+def _colorize(arr: np.ndarray, colormap: Colormap) -> np.ndarray:
+    rgba = colormap(np.clip(arr, 0.0, 1.0))
+    return np.rint(rgba[..., :3] * 255.0).astype(np.uint8)
+
+
+def overlay(
+    image: Image.Image | np.ndarray,
+    heat: np.ndarray,
+    *,
+    cmap: str | Colormap = "jet",
+    alpha: float = 0.5,
+    normalize: bool = True,
+) -> Image.Image:
+    """Blends a coloured heat map over an image.
+
+    The heat map is scaled to [0, 1] on its own grid (min-max when ``normalize``, else clipped),
+    upsampled to the image size with bilinear interpolation that aligns pixel centres (cell
+    ``(i, j)`` of an ``[h, w]`` map is centred on input pixel ``((i + 0.5) * H / h, (j + 0.5) * W / w)``),
+    coloured through ``matplotlib.colormaps[cmap]`` and blended as
+    ``(1 - alpha) * image + alpha * colour``, rounded to uint8.
+
+    Args:
+        image: PIL image (any mode; converted to RGB) or ``[H, W, 3]`` uint8 array.
+        heat: ``[h, w]`` numeric map of any size. Non-finite values are treated as 0 (logged).
+        cmap: colormap name in ``matplotlib.colormaps`` (or a ``Colormap``).
+        alpha: weight of the colour, in [0, 1]; 0 returns the image, 1 the pure colour map.
+        normalize: min-max scale the heat to [0, 1] (a constant map becomes all zeros); when False
+            the values are clipped to [0, 1].
+
+    Returns:
+        An RGB ``PIL.Image.Image`` of the image's size.
+
+    Raises:
+        ValueError: bad ``alpha``, a heat map that is not 2-D or empty, an image that is not
+            ``[H, W, 3]``, or an unknown colormap name.
+        TypeError: an image that is neither a PIL image nor a uint8 array, a non-numeric heat map,
+            or a non-numeric ``alpha``.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)):
+        raise TypeError(f"alpha must be a number in [0, 1], got {type(alpha).__name__}")
+    if not 0.0 <= float(alpha) <= 1.0:  # also rejects NaN
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    alpha = float(alpha)
+    colormap = _get_cmap(cmap)
+    rgb = _as_rgb_array(image)
+    arr = _as_heat(heat)
+    arr = _normalize(arr) if normalize else np.clip(arr, 0.0, 1.0)
+    height, width = rgb.shape[:2]
+    # Interpolate after scaling so every pixel is a convex mix of the map's own [0, 1] values.
+    colour = _colorize(_resize_bilinear(arr, height, width), colormap)
+    blended = (1.0 - alpha) * rgb.astype(np.float64) + alpha * colour.astype(np.float64)
+    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+
+
+def to_png_bytes(img: Image.Image) -> bytes:
+    """Encodes a PIL image as PNG.
+
+    Args:
+        img: any PIL image.
+
+    Returns:
+        The PNG file contents.
+
+    Raises:
+        TypeError: ``img`` is not a PIL image.
+    """
+    if not isinstance(img, Image.Image):
+        raise TypeError(f"img must be a PIL image, got {type(img).__name__}")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# Channel-weight statistics
+# --------------------------------------------------------------------------------------------------
+
+
+def _entropy(p: np.ndarray, axis: int) -> np.ndarray:
+    """Shannon entropy (nats) of distributions along ``axis``, with 0 * log 0 = 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return -terms.sum(axis=axis)
+
+
+def _unit(x: float) -> float:
+    # Rounding can leave a uniform distribution a few ulps above 1.
+    return float(min(max(float(x), 0.0), 1.0))
+
+
+def _normalized_entropy(values: np.ndarray) -> float:
+    v = values.astype(np.float64)
+    if not np.isfinite(v).all() or (v < 0).any():
+        return math.nan
+    if v.ndim == 1:
+        n = v.shape[0]
+        total = v.sum()
+        if n <= 1:
+            return 1.0
+        if total <= 0:
+            return math.nan
+        return _unit(_entropy(v / total, axis=0) / math.log(n))
+    paths = v.shape[0]
+    if paths <= 1:
+        return 1.0
+    totals = v.sum(axis=0, keepdims=True)
+    if (totals <= 0).any():
+        return math.nan
+    return _unit(np.mean(_entropy(v / totals, axis=0)) / math.log(paths))
+
+
+def gate_stats(cw: ChannelWeights) -> dict[str, float]:
+    """Summary statistics of one block's channel weights.
+
+    ``mean``, ``std`` (population, ``ddof=0``), ``min`` and ``max`` are taken over every entry
+    of ``cw.values``. ``entropy`` is a normalised Shannon entropy in [0, 1]:
+
+    - ``[C]`` gates: with ``p = v / v.sum()`` over the C channels,
+      ``entropy = -sum_c p_c log p_c / log C``. 1 means every channel is weighted equally,
+      values near 0 mean the weight is concentrated on a few channels.
+    - ``[paths, C]`` path weights: for every channel c, the entropy over paths of
+      ``p[:, c] = v[:, c] / v[:, c].sum()`` (a no-op for softmax weights) divided by ``log(paths)``,
+      then the mean over channels. 1 means every channel mixes its paths equally, 0 means
+      every channel picks a single path.
+
+    With a single channel (``[C]``) or a single path (``[paths, C]``) the entropy is 1 by
+    convention. It is NaN when a value is negative or non-finite, or when a distribution sums to 0.
+
+    Args:
+        cw: the record.
+
+    Returns:
+        ``{"mean", "std", "min", "max", "entropy"}`` as Python floats.
+
+    Raises:
+        TypeError: ``cw`` is not a ``ChannelWeights``.
+    """
+    if not isinstance(cw, ChannelWeights):
+        raise TypeError(f"gate_stats expects a ChannelWeights record, got {type(cw).__name__}")
+    v = np.asarray(cw.values, dtype=np.float64)
+    if v.size == 0:
+        nan = math.nan
+        return {"mean": nan, "std": nan, "min": nan, "max": nan, "entropy": nan}
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "entropy": _normalized_entropy(v),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Plotly builders
+# --------------------------------------------------------------------------------------------------
+
+
+def _empty_figure(message: str, title: str | None = None) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(
+        text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 16}
+    )
+    fig.update_layout(title=title)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def _check_records(records: Sequence[ChannelWeights]) -> list[ChannelWeights]:
+    if isinstance(records, ChannelWeights):
+        raise TypeError("expected a sequence of ChannelWeights records, got a single record")
+    out = list(records)
+    for i, r in enumerate(out):
+        if not isinstance(r, ChannelWeights):
+            raise TypeError(f"records[{i}] must be a ChannelWeights record, got {type(r).__name__}")
+    return out
+
+
+def _block_label(cw: ChannelWeights) -> str:
+    return f"{cw.block}: {cw.layer}"
+
+
+def _path_labels(cw: ChannelWeights) -> list[str]:
+    paths = cw.values.shape[0]
+    if len(cw.path_labels) == paths:
+        return [str(s) for s in cw.path_labels]
+    return [f"path {i}" for i in range(paths)]
+
+
+def _in_unit_interval(values: np.ndarray) -> bool:
+    finite = values[np.isfinite(values)]
+    return finite.size > 0 and float(finite.min()) >= 0.0 and float(finite.max()) <= 1.0
+
+
+def channel_bar(cw: ChannelWeights, *, sort: bool = False, top: int | None = None) -> go.Figure:
+    """Bar chart of one block's weight per channel.
+
+    The x axis is categorical with the real channel index as the category, so sorting or
+    selecting keeps each bar's index in the tick labels and the hover. For ``[paths, C]``
+    records there is one stacked bar trace per path (legend: ``cw.path_labels`` or ``"path i"``),
+    and ranking uses the weight of path 0.
+
+    Args:
+        cw: the record (``values`` ``[C]`` or ``[paths, C]``).
+        sort: order the bars by descending value (path 0 for multipath) instead of by index.
+        top: keep only the ``top`` channels with the highest value (path 0 for multipath);
+            None keeps all.
+
+    Returns:
+        The figure; the y axis is fixed to [0, 1] when every value lies in [0, 1].
+
+    Raises:
+        TypeError: ``cw`` is not a ``ChannelWeights`` or ``top`` is not an int.
+        ValueError: ``top`` < 1.
+    """
+    if not isinstance(cw, ChannelWeights):
+        raise TypeError(f"channel_bar expects a ChannelWeights record, got {type(cw).__name__}")
+    if top is not None:
+        if isinstance(top, bool) or not isinstance(top, (int, np.integer)):
+            raise TypeError(f"top must be an int or None, got {type(top).__name__}")
+        if top < 1:
+            raise ValueError(f"top must be >= 1, got {top}")
+
+    values = np.asarray(cw.values, dtype=np.float64)
+    rows = values if cw.multipath else values[None, :]
+    key = rows[0]
+    # NaN ranks last; stable sort keeps ties in index order.
+    ranked = np.argsort(-np.nan_to_num(key, nan=-np.inf), kind="stable")
+    order = ranked[:top] if top is not None else ranked
+    if not sort:
+        order = np.sort(order)
+
+    x = [str(int(c)) for c in order]
+    title = f"{cw.layer} ({cw.kind}), block {cw.block}"
+    if cw.untrained:
+        title += " [untrained]"
+    fig = go.Figure()
+    if cw.multipath:
+        for label, row in zip(_path_labels(cw), rows, strict=True):
+            fig.add_trace(
+                go.Bar(
+                    x=x,
+                    y=row[order],
+                    name=label,
+                    hovertemplate=f"channel %{{x}}<br>{label}: %{{y:.3f}}<extra></extra>",
+                )
+            )
+        fig.update_layout(barmode="stack", legend_title_text="path")
+        y_title = "weight over paths"
+    else:
+        fig.add_trace(
+            go.Bar(
+                x=x,
+                y=key[order],
+                name="gate",
+                hovertemplate="channel %{x}<br>gate: %{y:.3f}<extra></extra>",
+            )
+        )
+        y_title = "gate value"
+    fig.update_layout(title=title, bargap=0.05)
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=x, title_text="channel")
+    fig.update_yaxes(title_text=y_title)
+    if _in_unit_interval(values):
+        fig.update_yaxes(range=[0.0, 1.0])
+    return fig
+
+
+def block_channel_heatmap(records: Sequence[ChannelWeights]) -> go.Figure:
+    """Heat map of every block's channel weights: rows = blocks, columns = channel index.
+
+    Blocks have different channel counts, so ``z`` is ``[blocks, max C]`` padded with NaN,
+    drawn as gaps. For ``[paths, C]`` records the row is the weight of path 0 (named in the
+    hover and, when any record is multipath, in the colorbar title). The colour scale is fixed
+    to [0, 1]. Row ``i`` is ``records[i]``, labelled ``"block: layer"``, first row on top.
+
+    Args:
+        records: channel-weight records, typically ``Analysis.channel_weights``.
+
+    Returns:
+        The figure, or one with the annotation ``"no channel attention in this model"`` when
+        ``records`` is empty.
+
+    Raises:
+        TypeError: an element is not a ``ChannelWeights``.
+    """
+    recs = _check_records(records)
+    if not recs:
+        return _empty_figure(EMPTY_CHANNEL_MESSAGE, title="Channel weights per block")
+    width = max(r.channels for r in recs)
+    z = np.full((len(recs), width), np.nan)
+    what = np.empty((len(recs), width), dtype=object)
+    for i, r in enumerate(recs):
+        row = r.values[0] if r.multipath else r.values
+        z[i, : r.channels] = row
+        what[i, :] = f"weight of {_path_labels(r)[0]}" if r.multipath else "gate"
+    any_multipath = any(r.multipath for r in recs)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(width)),
+            y=[_block_label(r) for r in recs],
+            customdata=what,
+            zmin=0.0,
+            zmax=1.0,
+            colorscale=_HEATMAP_COLORSCALE,
+            hoverongaps=False,
+            colorbar={"title": {"text": "gate / path-0 weight" if any_multipath else "gate"}},
+            hovertemplate="%{y}<br>channel %{x}<br>%{customdata}: %{z:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(title="Channel weights per block")
+    fig.update_xaxes(title_text="channel")
+    fig.update_yaxes(type="category", autorange="reversed", title_text="block")
+    return fig
+
+
+def gate_stats_figure(records: Sequence[ChannelWeights]) -> go.Figure:
+    """Per-block mean, standard deviation and normalised entropy of the channel weights.
+
+    One line-with-markers trace per statistic (see :func:`gate_stats`), x = ``"block: layer"``.
+
+    Args:
+        records: channel-weight records, typically ``Analysis.channel_weights``.
+
+    Returns:
+        The figure, or one with the annotation ``"no channel attention in this model"`` when
+        ``records`` is empty.
+
+    Raises:
+        TypeError: an element is not a ``ChannelWeights``.
+    """
+    recs = _check_records(records)
+    if not recs:
+        return _empty_figure(EMPTY_CHANNEL_MESSAGE, title="Channel-weight statistics per block")
+    labels = [_block_label(r) for r in recs]
+    stats = [gate_stats(r) for r in recs]
+    fig = go.Figure()
+    for key, name in (("mean", "mean"), ("std", "std"), ("entropy", "normalised entropy")):
+        fig.add_trace(
+            go.Scatter(
+                x=labels,
+                y=[s[key] for s in stats],
+                mode="lines+markers",
+                name=name,
+                hovertemplate=f"%{{x}}<br>{name}: %{{y:.3f}}<extra></extra>",
+            )
+        )
+    fig.update_layout(title="Channel-weight statistics per block", hovermode="x unified")
+    fig.update_xaxes(type="category", title_text="block")
+    fig.update_yaxes(title_text="value")
+    return fig
+
+
+def top5_bar(predictions: Sequence[Prediction], *, title: str = "Top-5") -> go.Figure:
+    """Horizontal bar chart of predicted class probabilities, most probable on top.
+
+    Bars are placed at integer rank positions (0 = most probable) with the class labels as tick
+    text, so classes that share a label (ImageNet has a few) stay separate bars.
+
+    Args:
+        predictions: the predictions, in any order (sorted here by descending probability).
+        title: figure title.
+
+    Returns:
+        The figure, or one with the annotation ``"no predictions"`` when ``predictions`` is empty.
+
+    Raises:
+        TypeError: an element is not a ``Prediction``.
+    """
+    preds = list(predictions)
+    for i, p in enumerate(preds):
+        if not isinstance(p, Prediction):
+            raise TypeError(f"predictions[{i}] must be a Prediction, got {type(p).__name__}")
+    if not preds:
+        return _empty_figure(EMPTY_PREDICTION_MESSAGE, title=title)
+    preds.sort(key=lambda p: p.probability, reverse=True)
+    ranks = list(range(len(preds)))
+    probs = [float(p.probability) for p in preds]
+    fig = go.Figure(
+        go.Bar(
+            x=probs,
+            y=ranks,
+            orientation="h",
+            text=[f"{100.0 * p:.1f}%" for p in probs],
+            textposition="auto",
+            customdata=[[p.label, p.index] for p in preds],
+            hovertemplate="%{customdata[0]} (class %{customdata[1]})<br>%{x:.2%}<extra></extra>",
+        )
+    )
+    fig.update_layout(title=title)
+    fig.update_xaxes(range=[0.0, 1.0], tickformat=".0%", title_text="probability")
+    fig.update_yaxes(
+        tickmode="array", tickvals=ranks, ticktext=[p.label for p in preds], autorange="reversed"
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------
+
+
+def figure_to_html(fig: go.Figure, *, plotlyjs: str = "cdn") -> str:
+    """Serialises a figure as a standalone HTML page.
+
+    Args:
+        fig: the figure.
+        plotlyjs: where the page loads plotly.js from: ``"cdn"`` (a script tag to the CDN),
+            ``"inline"`` (the whole library embedded, ~4 MB, works offline), or a relative path
+            ending in ``".js"`` such as ``"plotly.min.js"`` (pair it with :func:`write_plotlyjs`
+            in the same folder for offline pages).
+
+    Returns:
+        The HTML text (``fig.to_html(full_html=True, include_plotlyjs=...)``).
+
+    Raises:
+        TypeError: ``fig`` is not a plotly Figure or ``plotlyjs`` is not a string.
+        ValueError: ``plotlyjs`` is none of the accepted forms.
+    """
+    if not isinstance(fig, go.Figure):
+        raise TypeError(f"fig must be a plotly.graph_objects.Figure, got {type(fig).__name__}")
+    if not isinstance(plotlyjs, str):
+        raise TypeError(f"plotlyjs must be a string, got {type(plotlyjs).__name__}")
+    if plotlyjs == "cdn":
+        include: bool | str = "cdn"
+    elif plotlyjs == "inline":
+        include = True
+    elif plotlyjs.endswith(".js") and not os.path.isabs(plotlyjs) and "://" not in plotlyjs:
+        include = plotlyjs
+    else:
+        raise ValueError(
+            f"plotlyjs must be 'cdn', 'inline' or a relative path ending in '.js', got {plotlyjs!r}"
+        )
+    return fig.to_html(full_html=True, include_plotlyjs=include)
+
+
+def write_plotlyjs(dest_dir: str | os.PathLike[str]) -> Path:
+    """Writes plotly's bundled ``plotly.min.js`` into ``dest_dir`` so exported HTML works offline.
+
+    The file is written once: if ``dest_dir/plotly.min.js`` already holds the same bytes it is
+    left alone. The write goes through a temporary file and an atomic rename, so concurrent
+    callers never see a partial file. ``dest_dir`` is created if missing.
+
+    Args:
+        dest_dir: destination folder.
+
+    Returns:
+        The path of ``plotly.min.js``.
+    """
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / PLOTLYJS_FILENAME
+    data = plotly.offline.get_plotlyjs().encode("utf-8")
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return path
+    fd, tmp = tempfile.mkstemp(prefix=".plotly-", suffix=".js.tmp", dir=dest)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the file is meant to be served
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,51 @@
+"""Shared fixtures: seeded images and random-weight models with non-trivial statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+
+def make_image(seed: int, size: tuple[int, int] = (240, 320)) -> Image.Image:
+    """A seeded RGB image with structure (smooth blobs plus noise), not a constant."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.stack([np.sin(6 * xx + seed), np.cos(5 * yy - seed), np.sin(4 * (xx + yy))], axis=-1)
+    pixels = 127 + 80 * base + rng.normal(0, 25, (h, w, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def randomize_norms(module: nn.Module, seed: int = 0) -> None:
+    """Re-draw weights so that every captured value depends on the image.
+
+    Fresh models zero-initialise the last norm of each residual branch, start with unit running
+    statistics and (torchvision) use fan-out init that shrinks activations layer by layer, so
+    attention inputs would be near zero and every gate near its midpoint. Here convolutions and
+    linear layers get variance-preserving (fan-in) weights and small random biases, and norm
+    layers random affine parameters and running statistics.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.GroupNorm | nn.LayerNorm):
+                if getattr(m, "weight", None) is not None:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+                if getattr(m, "running_mean", None) is not None:
+                    m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+@pytest.fixture
+def images() -> list[Image.Image]:
+    return [make_image(1), make_image(2, (300, 260))]

@@ -1,0 +1,221 @@
+"""Model registry, device choice, and weights: pretrained from the caches, random, checkpoints."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+
+import pytest
+import torch
+from conftest import make_image
+from safetensors.torch import save_file
+
+import attnviz
+from attnviz import models
+
+ZOO = {
+    "mobilenet_v3_large": ("torchvision", ("se",)),
+    "efficientnet_b0": ("torchvision", ("se",)),
+    "regnet_y_400mf": ("torchvision", ("se",)),
+    "seresnet50": ("timm", ("se",)),
+    "ecaresnet26t": ("timm", ("eca",)),
+    "skresnet18": ("timm", ("sk",)),
+    "resnest14d": ("timm", ("split",)),
+    "gcresnext26ts": ("timm", ("gc_context", "gc_add")),
+    "resnet50": ("torchvision", ()),
+}
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """Empty weight caches and no network: every connection attempt fails at once."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return tmp_path
+
+
+def test_list_models_describes_the_zoo(offline):
+    specs = {s.name: s for s in attnviz.list_models()}
+    assert set(specs) == set(ZOO)
+    for name, (source, kinds) in ZOO.items():
+        spec = specs[name]
+        assert (spec.source, spec.attention) == (source, kinds)
+        assert spec.pretrained_available is False
+        assert spec.weights_file and str(offline) in spec.weights_path
+    assert specs["ecaresnet26t"].input_size == (256, 256)
+
+
+@pytest.mark.parametrize("name", ["vit_b_16", "", "../resnet50", None])
+def test_unknown_model_is_refused(name):
+    with pytest.raises(attnviz.UnknownModelError, match=r"Unknown model .* choose one of .*resnet50"):
+        attnviz.load_model(name, weights="random")
+
+
+def test_devices():
+    assert attnviz.resolve_device("cpu") == torch.device("cpu")
+    assert attnviz.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(attnviz.DeviceError, match="Unknown device 'tpu'"):
+        attnviz.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(attnviz.DeviceError, match="no CUDA GPU is available"):
+            attnviz.resolve_device("cuda")
+
+
+def test_random_weights_preprocessing_and_labels():
+    model = attnviz.load_model("efficientnet_b0", weights="random", device="cpu")
+    assert model.untrained and model.weights == "random"
+    assert len(model.categories) == 1000 and model.categories[285] == "Egyptian cat"
+    assert not model.module.training
+    assert not any(p.requires_grad for p in model.module.parameters())
+    batch = model.preprocess([make_image(0)])
+    assert batch.shape == (1, 3, 224, 224)
+    timm_model = attnviz.load_model("ecaresnet26t", weights="random", device="cpu")
+    assert timm_model.categories[285].startswith("Egyptian cat")
+    assert timm_model.preprocess([make_image(0)]).shape == (1, 3, 256, 256)  # from timm's data config
+
+
+@pytest.mark.parametrize("name", ["resnet50", "skresnet18"])
+def test_pretrained_offline_names_the_missing_file(offline, name):
+    spec = attnviz.get_spec(name)
+    with pytest.raises(attnviz.WeightsUnavailableError) as info:
+        attnviz.load_model(name, weights="pretrained", device="cpu")
+    message = str(info.value)
+    assert spec.weights_file in message and "weights=<path" in message
+    assert info.value.weights_file == spec.weights_file
+    where = "hub/checkpoints" if spec.source == "torchvision" else "hf download timm/"
+    assert where in message
+
+
+def test_pretrained_torchvision_from_the_torch_hub_cache(offline):
+    spec = attnviz.get_spec("regnet_y_400mf")
+    reference = attnviz.load_model("regnet_y_400mf", weights="random", device="cpu")
+    path = offline / "torch" / "hub" / "checkpoints" / spec.weights_file
+    path.parent.mkdir(parents=True)
+    torch.save(reference.module.state_dict(), path)
+    assert attnviz.get_spec("regnet_y_400mf").pretrained_available
+    model = attnviz.load_model("regnet_y_400mf", weights="pretrained", device="cpu")
+    assert not model.untrained and model.weights == "pretrained"
+    for a, b in zip(model.module.state_dict().values(), reference.module.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    [result] = attnviz.analyze(model, [make_image(3)], gradcam=False)
+    assert not result.untrained and not any(r.untrained for r in result.records)
+
+
+def test_pretrained_timm_from_the_hugging_face_cache(offline):
+    reference = attnviz.load_model("skresnet18", weights="random", device="cpu")
+    repo = offline / "hf" / "models--timm--skresnet18.ra_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    save_file(reference.module.state_dict(), str(repo / "snapshots" / "abc123" / "model.safetensors"))
+    assert attnviz.get_spec("skresnet18").pretrained_available
+    model = attnviz.load_model("skresnet18", weights="pretrained", device="cpu")
+    assert not model.untrained
+    torch.testing.assert_close(model.module.fc.weight, reference.module.fc.weight)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_checkpoint_path_loads(tmp_path, suffix):
+    reference = attnviz.load_model("resnest14d", weights="random", device="cpu")
+    state = reference.module.state_dict()
+    path = tmp_path / f"mine{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:  # wrapped the way training scripts save it, with a DataParallel prefix
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, path)
+    model = attnviz.load_model("resnest14d", weights=path, device="cpu")
+    assert model.weights == path.name and not model.untrained
+    torch.testing.assert_close(model.module.fc.weight, reference.module.fc.weight)
+
+
+def test_checkpoint_of_another_architecture_is_reported(tmp_path):
+    other = attnviz.load_model("skresnet18", weights="random", device="cpu")
+    path = tmp_path / "other.safetensors"
+    save_file(other.module.state_dict(), str(path))
+    with pytest.raises(
+        attnviz.CheckpointError, match=r"does not fit this architecture: \d+ missing .*unexpected"
+    ):
+        attnviz.load_model("resnest14d", weights=path, device="cpu")
+
+
+def test_checkpoint_with_wrong_shapes_is_reported(tmp_path):
+    state = attnviz.load_model("skresnet18", weights="random", device="cpu").module.state_dict()
+    state["fc.weight"] = torch.zeros(10, 512)
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(
+        attnviz.CheckpointError, match=r"1 wrong shape \(fc.weight \(10, 512\) vs \(1000, 512\)\)"
+    ):
+        attnviz.load_model("skresnet18", weights=path, device="cpu")
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickle_carrying_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"fc.weight": _Payload(marker)}, f)
+    torch.save({"fc.weight": _Payload(marker)}, tmp_path / "evil2.pt")
+    for p in (path, tmp_path / "evil2.pt"):
+        with pytest.raises(attnviz.CheckpointError, match="could not be loaded safely"):
+            attnviz.load_model("skresnet18", weights=p, device="cpu")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "pattern"),
+    [
+        ("missing.pth", None, "does not exist"),
+        ("weights.txt", b"hello", "expected one of .safetensors"),
+        ("garbage.safetensors", b"\x00" * 64, "could not be loaded safely"),
+        ("empty.pth", b"", "could not be loaded safely"),
+    ],
+)
+def test_bad_checkpoint_files(tmp_path, name, content, pattern):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(attnviz.CheckpointError, match=pattern):
+        attnviz.load_checkpoint(path)
+
+
+def test_checkpoint_that_is_not_a_state_dict(tmp_path):
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    torch.save({"a": 1}, tmp_path / "ints.pth")
+    with pytest.raises(attnviz.CheckpointError, match="holds no state dict"):
+        attnviz.load_checkpoint(tmp_path / "list.pth")
+    with pytest.raises(attnviz.CheckpointError, match="not tensors"):
+        attnviz.load_checkpoint(tmp_path / "ints.pth")
+
+
+def test_weights_mode_is_validated():
+    with pytest.raises(
+        attnviz.CheckpointError, match="'pretrianed' is neither 'pretrained', 'random' nor an"
+    ):
+        attnviz.load_model("skresnet18", weights="pretrianed", device="cpu")
+    with pytest.raises(attnviz.CheckpointError, match="got int"):
+        attnviz.load_model("skresnet18", weights=3, device="cpu")
+
+
+def test_progress_is_reported():
+    messages = []
+    models.load_model(
+        "skresnet18", weights="random", device="cpu", progress=lambda m, f: messages.append((m, f))
+    )
+    assert messages[0][0] == "Building skresnet18" and messages[-1] == ("skresnet18 ready on cpu", 1.0)
