@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench clean
+.PHONY: run test test-fast lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,6 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-
-bench: $(STAMP)
-	$(PY) -m attnviz bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,364 @@
+"""The command line: ``python -m attnviz list`` and ``python -m attnviz analyze``.
+
+``list`` shows the model zoo; ``analyze`` runs images through models and writes the export
+bundle (:mod:`attnviz.export`) to a folder. The library logs; this module configures logging and
+prints. Every expected failure ends with one line ``attnviz: error: ...`` on stderr and a non-zero
+exit status (2 for bad arguments, 1 otherwise); ``-v`` adds INFO logs and tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from .analysis import analyze
+from .errors import AttnvizError
+from .export import SUMMARY_FILENAME, export_files, validate_style, write_bundle
+from .imageio import ImageLoadError, load_image
+from .models import ProgressFn, get_spec, list_models, load_model, resolve_device
+from .records import Analysis
+
+__all__ = ["MAX_IMAGES", "MAX_MODELS", "main"]
+
+PROG = "attnviz"
+
+MAX_IMAGES = 16
+"""Most images one ``analyze`` call accepts (they go through each model in one batch)."""
+
+MAX_MODELS = 4
+"""Most models one ``analyze`` call accepts."""
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_PROGRESS_EVERY_S = 2.0
+
+# Third-party warnings that say nothing to a CLI user (shown with -v).
+_QUIET_MODULES = r"(torch|torchvision|timm|pytorch_grad_cam|huggingface_hub|ttach|cv2)(\.|$)"
+_QUIET_CATEGORIES: tuple[type[Warning], ...] = (UserWarning, FutureWarning, DeprecationWarning)
+
+
+class _UsageError(Exception):
+    """Bad command-line arguments: reported in one line, exit status 2."""
+
+
+class _Failure(Exception):
+    """An expected failure with a user-facing message: reported in one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises instead of printing the usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    verbose = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand's default must not undo a -v given before the subcommand.
+    verbose.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log progress, show tracebacks",
+    )
+
+    parser = _Parser(
+        prog=PROG,
+        description="See what the attention modules of vision models do.",
+        parents=[verbose],
+    )
+    parser.set_defaults(verbose=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    lister = commands.add_parser(
+        "list", parents=[verbose], help="list the models", description="List the models attnviz can load."
+    )
+    lister.add_argument("--json", action="store_true", help="print the model specs as JSON")
+
+    run = commands.add_parser(
+        "analyze",
+        parents=[verbose],
+        help="analyse images and export the results",
+        description=(
+            "Run images through models, capture every attention block and write an export bundle "
+            f"(summary.json, PNG overlays, CSV, HTML charts) to a folder. At most {MAX_IMAGES} images "
+            f"and {MAX_MODELS} models per call."
+        ),
+    )
+    run.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG, WebP or GIF files")
+    run.add_argument(
+        "--model",
+        "-m",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="a model name; repeat for several",
+    )
+    run.add_argument(
+        "--weights",
+        default="pretrained",
+        metavar="random|pretrained|PATH",
+        help="pretrained (default; cached or downloaded), random (untrained), or a checkpoint file",
+    )
+    run.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="where to run (default: auto)")
+    run.add_argument("--out", "-o", required=True, metavar="DIR", help="folder to write the results to")
+    run.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM baseline")
+    run.add_argument("--cmap", default="jet", help="matplotlib colormap of the overlays (default: jet)")
+    run.add_argument("--alpha", type=_alpha, default=0.5, help="overlay opacity in [0, 1] (default: 0.5)")
+    return parser
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# list
+# --------------------------------------------------------------------------------------------------
+
+
+def _cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    specs = list_models()
+    if args.json:
+        json.dump([dataclasses.asdict(s) for s in specs], out, indent=2)
+        out.write("\n")
+        return EXIT_OK
+    header = ("NAME", "SOURCE", "ATTENTION", "INPUT", "PRETRAINED CACHED", "DESCRIPTION")
+    rows = [
+        (
+            s.name,
+            s.source,
+            ", ".join(s.attention) or "-",
+            f"{s.input_size[0]}x{s.input_size[1]}",
+            "yes" if s.pretrained_available else "no",
+            s.description,
+        )
+        for s in specs
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
+    for row in (header, *rows):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# analyze
+# --------------------------------------------------------------------------------------------------
+
+
+def _note(err: TextIO, message: str) -> None:
+    err.write(f"{PROG}: {message}\n")
+    err.flush()
+
+
+def _progress_printer(err: TextIO, model: str) -> ProgressFn:
+    """A ``progress(message, fraction)`` callback printing to stderr, downloads at most every 2 s."""
+    last = [0.0]
+
+    def progress(message: str, fraction: float | None) -> None:
+        now = time.monotonic()
+        ongoing = message.startswith("Downloading") and fraction not in (None, 1.0)
+        if ongoing and now - last[0] < _PROGRESS_EVERY_S:
+            return
+        last[0] = now
+        percent = f" ({fraction:.0%})" if ongoing and fraction is not None else ""
+        _note(err, f"[{model}] {message}{percent}")
+
+    return progress
+
+
+def _check_analyze_args(args: argparse.Namespace) -> list[str]:
+    """Everything that can be checked before the slow work; returns the models, duplicates removed."""
+    if len(args.images) > MAX_IMAGES:
+        raise _UsageError(f"too many images: {len(args.images)} given, at most {MAX_IMAGES} per call")
+    models = list(dict.fromkeys(args.model))
+    if len(models) > MAX_MODELS:
+        raise _UsageError(f"too many models: {len(models)} given, at most {MAX_MODELS} per call")
+    for name in models:
+        get_spec(name)  # UnknownModelError lists the known names
+    resolve_device(args.device)
+    if args.weights not in ("random", "pretrained") and not Path(args.weights).is_file():
+        raise _Failure(
+            f"--weights {args.weights}: no such checkpoint file (use random, pretrained or the path of "
+            "a .safetensors/.pth state dict)"
+        )
+    try:
+        validate_style(args.cmap, args.alpha)
+    except (ValueError, TypeError) as err:
+        raise _UsageError(str(err)) from None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise _Failure(f"--out {out} exists and is not a folder")
+    return models
+
+
+def _top1(analysis: Analysis) -> str:
+    if not analysis.top5:
+        return "no prediction"
+    best = analysis.top5[0]
+    label = best.label.split(",")[0]
+    return f"{label} ({best.probability:.1%})"
+
+
+def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    models = _check_analyze_args(args)
+    images = [load_image(path) for path in args.images]
+    names = list(args.images)
+    if args.weights == "random":
+        _note(
+            err,
+            "note: --weights random: the models are UNTRAINED, so predictions and attention maps "
+            "show no learned behaviour (every result is marked untrained).",
+        )
+
+    items: list[tuple[str, Analysis]] = []
+    per_model: list[tuple[str, list[Analysis]]] = []
+    for name in models:
+        _note(err, f"[{name}] loading ({args.weights} weights)")
+        # With -v the library's INFO logs already say the same.
+        progress = None if args.verbose else _progress_printer(err, name)
+        model = load_model(name, weights=args.weights, device=args.device, progress=progress)
+        _note(err, f"[{name}] analysing {len(images)} image(s) on {model.device}")
+        results = analyze(model, images, gradcam=not args.no_gradcam)
+        del model  # one model in memory at a time
+        per_model.append((name, results))
+        items.extend(zip(names, results, strict=True))
+
+    files = export_files(items, cmap=args.cmap, alpha=args.alpha)
+    target = Path(args.out)
+    try:
+        write_bundle(files, target)
+    except (OSError, ValueError) as exc:
+        raise _Failure(f"cannot write the results to {target}: {_os_message(exc)}") from exc
+
+    summary = json.loads(files[SUMMARY_FILENAME])
+    folders = iter(result["folder"] for result in summary["results"])
+    for name, results in per_model:
+        untrained = ", UNTRAINED" if results[0].untrained else ""
+        out.write(f"{name} ({results[0].weights} weights{untrained})\n")
+        for image, analysis in zip(names, results, strict=True):
+            where = target / next(folders)
+            out.write(f"  {image}: top-1 {_top1(analysis)}, {len(analysis.records)} records -> {where}/\n")
+    out.write(f"Wrote {len(files)} files to {target} (see {target / SUMMARY_FILENAME}).\n")
+    return EXIT_OK
+
+
+def _os_message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _logging_and_warnings(verbose: bool, err: TextIO) -> Iterator[None]:
+    """Routes library logs to ``err`` (WARNING, INFO with -v) and hides third-party warnings."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(name)s: %(message)s"))
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    with warnings.catch_warnings():
+        if not verbose:
+            for category in _QUIET_CATEGORIES:
+                warnings.filterwarnings("ignore", category=category, module=_QUIET_MODULES)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(old_level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line.
+
+    Args:
+        argv: the arguments without the program name; None reads ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 on success, 1 when the work failed, 2 for bad arguments, 130 when
+        interrupted. Failures print one line ``attnviz: error: ...`` on stderr (plus the traceback
+        with ``-v``).
+    """
+    out, err = sys.stdout, sys.stderr
+    parser = _build_parser()
+    args_list: Sequence[str] = sys.argv[1:] if argv is None else argv
+    try:
+        args = parser.parse_args(args_list)
+    except _UsageError as exc:
+        err.write(f"{PROG}: error: {exc}\n")
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    if args.command is None:
+        err.write(f"{PROG}: error: choose a command: list or analyze (see {PROG} --help)\n")
+        return EXIT_USAGE
+    verbose = bool(args.verbose)
+
+    with _logging_and_warnings(verbose, err):
+        try:
+            if args.command == "list":
+                return _cmd_list(args, out)
+            return _cmd_analyze(args, out, err)
+        except BrokenPipeError:
+            _silence_stdout()
+            return EXIT_FAILURE
+        except KeyboardInterrupt:
+            err.write(f"{PROG}: interrupted\n")
+            return EXIT_INTERRUPTED
+        except _UsageError as exc:
+            return _fail(err, str(exc), verbose, EXIT_USAGE)
+        except (_Failure, AttnvizError, ImageLoadError) as exc:
+            return _fail(err, str(exc), verbose, EXIT_FAILURE)
+        except OSError as exc:
+            return _fail(err, _os_message(exc), verbose, EXIT_FAILURE)
+        except Exception as exc:  # a bug: still one line, the traceback with -v
+            hint = "" if verbose else " (run with -v for the traceback)"
+            return _fail(err, f"unexpected {type(exc).__name__}: {exc}{hint}", verbose, EXIT_FAILURE)
+
+
+def _silence_stdout() -> None:
+    """After the reader of stdout went away (``| head``): no second error when Python flushes it."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (e.g. captured in tests)
+        pass
+
+
+def _fail(err: TextIO, message: str, verbose: bool, status: int) -> int:
+    if verbose:
+        traceback.print_exc(file=err)
+    # One line, whatever the message holds.
+    err.write(f"{PROG}: error: {' '.join(message.split())}\n")
+    err.flush()
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m attnviz.cli
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""Tests of the command line (attnviz.cli), in-process through main() and once as ``python -m attnviz``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnviz import list_models
+from attnviz.cli import MAX_IMAGES, MAX_MODELS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "regnet_y_400mf",
+    "seresnet50",
+    "ecaresnet26t",
+    "skresnet18",
+    "resnest14d",
+    "gcresnext26ts",
+    "resnet50",
+}
+
+
+@pytest.fixture
+def png(tmp_path: Path) -> Path:
+    path = tmp_path / "in.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(pixels, "RGB").save(path)
+    return path
+
+
+def _one_error_line(err: str) -> str:
+    """The whole stderr must be a single ``attnviz: error:`` line, without a traceback."""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("attnviz: error: "), err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# list
+# --------------------------------------------------------------------------------------------------
+
+
+def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--json"]) == 0
+    specs = json.loads(capsys.readouterr().out)
+    assert {s["name"] for s in specs} == MODELS
+    assert len(specs) == 9
+    sk = next(s for s in specs if s["name"] == "skresnet18")
+    assert sk["attention"] == ["sk"]
+    assert sk["input_size"] == [224, 224]
+    assert isinstance(sk["pretrained_available"], bool)
+
+
+def test_list_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["NAME", "SOURCE", "ATTENTION"]
+    assert len(lines) == 1 + len(MODELS)
+    for spec, line in zip(list_models(), lines[1:], strict=True):
+        assert line.startswith(spec.name + " ")
+        assert ("yes" if spec.pretrained_available else "no") in line.split()
+        assert line.endswith(spec.description)
+        assert f"{spec.input_size[0]}x{spec.input_size[1]}" in line
+
+
+@pytest.mark.slow
+def test_entry_point_runs_as_a_module() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnviz", "list", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert {s["name"] for s in json.loads(proc.stdout)} == MODELS
+
+
+# --------------------------------------------------------------------------------------------------
+# analyze
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_analyze_writes_a_bundle(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    args = ["analyze", str(png), "--model", "skresnet18", "--model", "gcresnext26ts"]
+    rc = main([*args, "--weights", "random", "--device", "cpu", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "Traceback" not in captured.err
+    assert "UNTRAINED" in captured.err  # the note before the run
+    assert "skresnet18 (random weights, UNTRAINED)" in captured.out
+    assert "gcresnext26ts (random weights, UNTRAINED)" in captured.out
+
+    def refuse(token: str) -> None:
+        raise ValueError(token)
+
+    summary = json.loads((out / "summary.json").read_text("utf-8"), parse_constant=refuse)
+    results = summary["results"]
+    assert [(r["image"], r["model"]) for r in results] == [
+        (str(png), "skresnet18"),
+        (str(png), "gcresnext26ts"),
+    ]
+    for result in results:
+        assert result["weights"] == "random"
+        assert result["untrained"] is True
+        assert result["folder"] == f"in/{result['model']}"
+        assert result["records"]
+        assert result["records"][-1]["type"] == "GradCAM"
+        for entry in result["records"]:
+            assert (out / entry["file"]).is_file()
+    assert any(e["type"] == "SpatialMap" for e in results[1]["records"])
+    assert (out / "plotly.min.js").is_file()
+    with Image.open(out / "in" / "gcresnext26ts" / "input.png") as img:
+        assert img.size == (256, 256)
+
+
+@pytest.mark.parametrize(
+    ("make_args", "match"),
+    [
+        (lambda d, png: ["analyze", str(d / "missing.png"), "-m", "skresnet18"], "does not exist"),
+        (lambda d, png: ["analyze", str(d / "text.png"), "-m", "skresnet18"], "not a supported image"),
+        (lambda d, png: ["analyze", str(png), "-m", "nosuchnet"], "Unknown model 'nosuchnet'"),
+        (
+            lambda d, png: [
+                "analyze",
+                str(png),
+                "-m",
+                "skresnet18",
+                "--weights",
+                str(d / "nope.safetensors"),
+            ],
+            "no such checkpoint file",
+        ),
+        (lambda d, png: ["analyze", str(png), "-m", "skresnet18", "--device", "tpu"], "Unknown device"),
+        (lambda d, png: ["analyze", str(png), "-m", "skresnet18", "--cmap", "nope"], "unknown colormap"),
+        (lambda d, png: ["analyze", str(png), "-m", "skresnet18", "--alpha", "2"], "--alpha"),
+        (lambda d, png: ["analyze", str(png), "-m", "skresnet18", "--out", str(png)], "not a folder"),
+        (lambda d, png: ["analyze", str(png), "--out", str(d)], "--model"),
+        (lambda d, png: ["analyze", *[str(png)] * (MAX_IMAGES + 1), "-m", "skresnet18"], "too many images"),
+        (
+            lambda d, png: ["analyze", str(png), *[f"--model={m}" for m in sorted(MODELS)[: MAX_MODELS + 1]]],
+            "too many models",
+        ),
+        (lambda d, png: ["frobnicate"], "invalid choice"),
+        (lambda d, png: [], "choose a command"),
+    ],
+    ids=[
+        "missing-image",
+        "text-as-png",
+        "unknown-model",
+        "missing-checkpoint",
+        "bad-device",
+        "bad-cmap",
+        "bad-alpha",
+        "out-is-a-file",
+        "no-model",
+        "too-many-images",
+        "too-many-models",
+        "unknown-command",
+        "no-command",
+    ],
+)
+def test_errors_are_one_line(
+    make_args, match: str, png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "text.png").write_text("hello, not an image\n")
+    args = make_args(tmp_path, png)
+    if args and args[0] == "analyze" and "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    handlers = list(logging.getLogger().handlers)
+    rc = main(args)
+    captured = capsys.readouterr()
+    assert rc != 0
+    assert match in _one_error_line(captured.err)
+    assert captured.out == ""
+    assert not (tmp_path / "out").exists()  # nothing written for a failed call
+    assert logging.getLogger().handlers == handlers  # main() leaves logging as it found it
+
+
+def test_cuda_without_cuda_is_one_line(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    rc = main(["analyze", str(png), "-m", "skresnet18", "--device", "cuda", "--out", str(tmp_path / "o")])
+    assert rc == 1
+    assert "CUDA" in _one_error_line(capsys.readouterr().err)
+
+
+def test_verbose_adds_the_traceback(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["analyze", str(png), "-m", "nosuchnet", "--out", str(tmp_path / "o"), "-v"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "Traceback" in err
+    assert err.strip().splitlines()[-1].startswith("attnviz: error: Unknown model")
+
+
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", "--help"]) == 0
+    assert "--weights" in capsys.readouterr().out
