@@ -11,7 +11,17 @@ from PIL import Image
 
 from .capture import Capture
 from .models import LoadedModel
-from .records import Analysis, ChannelWeights, GradCAM, Prediction, Record, SpatialMap
+from .records import (
+    Analysis,
+    AxisGates,
+    ChannelWeights,
+    GradCAM,
+    Prediction,
+    Record,
+    SamplingPoints,
+    SpatialMap,
+    TokenAttention,
+)
 
 __all__ = ["analyze"]
 
@@ -35,18 +45,94 @@ def _display_images(batch: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _records(model: LoadedModel, values, input_hw: tuple[int, int], index: int) -> list[Record]:
-    """Records of image ``index`` from the capture's values, blocks numbered in forward order."""
-    blocks: dict[str, int] = {}
+def _to_image_pixels(coord: np.ndarray, grid: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
+    """(y, x) feature-map pixel coordinates (pixel centres at integers) -> model-input pixels."""
+    stride = np.array([input_hw[0] / grid[0], input_hw[1] / grid[1]], dtype=np.float32)
+    return (coord + 0.5) * stride - 0.5
+
+
+def _dat_points(parts: dict, grid: tuple[int, int], input_hw: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """DAT: normalised (y, x) in [-1, 1] (align_corners=True) [G, Hk, Wk, 2] -> pixels [1, G, P, 2]."""
+    scale = np.array([grid[0] - 1, grid[1] - 1], dtype=np.float32)
+    out = []
+    for part in ("points", "reference"):
+        norm = parts[("sampling", part)][1]
+        feat = (norm + 1) / 2 * scale
+        out.append(_to_image_pixels(feat, grid, input_hw).reshape(1, norm.shape[0], -1, 2))
+    weights = None
+    if ("token", "value") in parts:
+        attn = parts[("token", "value")][1]  # [heads, Nq, Ns]; head h uses group h // (heads / G)
+        groups = out[0].shape[1]
+        weights = attn.mean(axis=1).reshape(groups, -1, attn.shape[-1]).mean(axis=1)[None]
+    return out[0], out[1], weights
+
+
+def _deform_points(
+    parts: dict, meta, grid: tuple[int, int], input_hw: tuple[int, int]
+) -> tuple[np.ndarray, ...]:
+    """Deformable conv offsets [2*G*K, Ho, Wo], (dy, dx) per kernel point -> pixels [Q, G, K, 2]."""
+    offsets = parts[("sampling", "offsets")][1]
+    kh, kw = meta["kernel_size"]
+    (sh, sw), (ph, pw), (dh, dw) = meta["stride"], meta["padding"], meta["dilation"]
+    _, ho, wo = offsets.shape
+    k = kh * kw
+    groups = offsets.shape[0] // (2 * k)
+    delta = offsets.reshape(groups, k, 2, ho, wo).transpose(3, 4, 0, 1, 2).reshape(ho * wo, groups, k, 2)
+    oy, ox = np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij")
+    ky, kx = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
+    ref_y = (oy.reshape(-1, 1) * sh - ph) + (ky.reshape(1, -1) * dh)  # [Q, K]
+    ref_x = (ox.reshape(-1, 1) * sw - pw) + (kx.reshape(1, -1) * dw)
+    ref = np.stack([ref_y, ref_x], -1).astype(np.float32)[:, None].repeat(groups, axis=1)  # [Q, G, K, 2]
+    weights = None
+    if ("sampling", "mask") in parts:
+        mask = parts[("sampling", "mask")][1]  # [G*K, Ho, Wo]
+        weights = mask.reshape(groups, k, ho * wo).transpose(2, 0, 1)
+    return _to_image_pixels(ref + delta, grid, input_hw), _to_image_pixels(ref, grid, input_hw), weights
+
+
+def _build(layer: str, parts: dict, block: int, grid, input_hw, untrained: bool) -> list[Record]:
+    """The records of one attention module from its tapped parts ``{(record, part): (tap, value)}``."""
     out: list[Record] = []
-    for tap, value in values:
-        block = blocks.setdefault(tap.layer, len(blocks))
-        v = value[index].numpy()
-        if tap.record == "channel":
-            out.append(ChannelWeights(tap.layer, tap.kind, v, block, model.untrained, tap.path_labels))
+    sampling = {part: tv for (record, part), tv in parts.items() if record == "sampling"}
+    key_grid = None
+    if sampling:
+        tap = next(iter(sampling.values()))[0]
+        if tap.meta.get("convention") == "dat":
+            points, reference, weights = _dat_points(parts, grid, input_hw)
+            key_grid = tuple(parts[("sampling", "points")][1].shape[1:3])
+            query_grid = None
         else:
+            points, reference, weights = _deform_points(parts, tap.meta, grid, input_hw)
+            ho, wo = parts[("sampling", "offsets")][1].shape[1:]
+            query_grid = (ho, wo)
+        out.append(SamplingPoints(layer, tap.kind, points, reference, weights, query_grid, block, untrained))
+    if ("axis", "h") in parts and ("axis", "w") in parts:
+        tap, h = parts[("axis", "h")]
+        w = parts[("axis", "w")][1]
+        stride = (input_hw[0] / h.shape[1], input_hw[1] / w.shape[1])
+        out.append(AxisGates(layer, tap.kind, h, w, stride, block, untrained))
+    for (record, _part), (tap, v) in parts.items():
+        if record == "channel":
+            out.append(ChannelWeights(layer, tap.kind, v, block, untrained, tap.path_labels))
+        elif record == "spatial":
             stride = (input_hw[0] / v.shape[0], input_hw[1] / v.shape[1])
-            out.append(SpatialMap(tap.layer, tap.kind, v, stride, block, model.untrained))
+            out.append(SpatialMap(layer, tap.kind, v, stride, block, untrained))
+        elif record == "token":
+            stride = (input_hw[0] / grid[0], input_hw[1] / grid[1])
+            values = v if v.ndim == 3 else v[None]
+            out.append(TokenAttention(layer, tap.kind, values, grid, stride, block, 0, key_grid, untrained))
+    return out
+
+
+def _records(model: LoadedModel, values, grids, input_hw: tuple[int, int], index: int) -> list[Record]:
+    """Records of image ``index``: one group per attention module, blocks numbered in forward order."""
+    groups: dict[str, dict[tuple[str, str], tuple]] = {}
+    for tap, value in values:
+        # a module that runs twice in one forward keeps its last call
+        groups.setdefault(tap.layer, {})[(tap.record, tap.part)] = (tap, value[index].numpy())
+    out: list[Record] = []
+    for block, (layer, parts) in enumerate(groups.items()):
+        out.extend(_build(layer, parts, block, grids.get(layer), input_hw, model.untrained))
     return out
 
 
@@ -97,7 +183,7 @@ def analyze(
         batch = model.preprocess(pil)
         with Capture(model.module, model.taps) as cap, torch.inference_mode():
             logits = model.module(batch)
-        values = cap.results()
+        values, grids = cap.results(), cap.grids()
         probs = torch.softmax(logits.float(), dim=-1).cpu()
         top_p, top_i = probs.topk(topk, dim=-1)
         cams = _gradcam(model, batch, top_i[:, 0].tolist()) if gradcam else None
@@ -110,7 +196,7 @@ def analyze(
             Prediction(int(c), model.categories[int(c)], float(p))
             for p, c in zip(top_p[i], top_i[i], strict=True)
         )
-        records = _records(model, values, input_hw, i)
+        records = _records(model, values, grids, input_hw, i)
         if cams is not None:
             target = top[0]
             records.append(

@@ -16,8 +16,8 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -37,19 +37,29 @@ class Tap:
     Attributes:
         layer: qualified name of the attention module the record is attributed to.
         module: the submodule whose forward output is read (e.g. an SE block's gate).
-        kind: attention family of the record (``"se"``, ``"gc_context"``, ...).
-        record: ``"channel"`` for ChannelWeights, ``"spatial"`` for SpatialMap.
-        read: maps the hooked module's output to a batch-first tensor: ``[B, C]``,
-            ``[B, paths, C]`` for channel records, ``[B, H, W]`` for spatial ones.
+        kind: attention family of the record (``"se"``, ``"gc_context"``, ``"ca"``, ...).
+        record: the record type built from it: ``"channel"`` (ChannelWeights), ``"spatial"``
+            (SpatialMap), ``"axis"`` (AxisGates), ``"token"`` (TokenAttention), ``"sampling"``
+            (SamplingPoints).
+        read: maps the hooked module's output to a batch-first tensor: ``[B, C]`` or
+            ``[B, paths, C]`` for channel records, ``[B, H, W]`` for spatial ones, ...
         path_labels: names of the paths of multi-path channel records.
+        part: which part of a multi-part record this tap reads (``"h"``/``"w"`` for axis gates,
+            ``"points"``/``"reference"``/``"attn"`` for sampling records); ``"value"`` otherwise.
+        grid_of: a module whose input ``[B, C, H, W]`` gives the record's feature grid (H, W),
+            for records whose values do not show it (token attention, sampling points).
+        meta: static facts the record builder needs (kernel size, stride, ...).
     """
 
     layer: str
     module: nn.Module
     kind: str
-    record: Literal["channel", "spatial"]
+    record: Literal["channel", "spatial", "axis", "token", "sampling"]
     read: Callable[[torch.Tensor], torch.Tensor]
     path_labels: tuple[str, ...] = ()
+    part: str = "value"
+    grid_of: nn.Module | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Capture:
@@ -70,6 +80,7 @@ class Capture:
         self._training: list[tuple[nn.Module, bool]] = []
         self._attrs: list[tuple[object, str, Any]] = []
         self._values: list[tuple[Tap, torch.Tensor]] = []
+        self._grids: dict[str, tuple[int, int]] = {}
         self._active = False
 
     def __enter__(self) -> Capture:
@@ -81,6 +92,8 @@ class Capture:
             self.model.eval()
             for tap in self.taps:
                 self._handles.append(tap.module.register_forward_hook(self._hook_for(tap)))
+                if tap.grid_of is not None:
+                    self._handles.append(tap.grid_of.register_forward_pre_hook(self._grid_hook_for(tap.layer)))
         except BaseException:
             self._restore()
             raise
@@ -105,6 +118,12 @@ class Capture:
 
         return hook
 
+    def _grid_hook_for(self, layer: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple) -> None:
+            self._grids[layer] = (int(args[0].shape[-2]), int(args[0].shape[-1]))
+
+        return hook
+
     def _restore(self) -> None:
         try:
             for handle in self._handles:
@@ -126,6 +145,11 @@ class Capture:
         """Every value read, in the order the hooks fired (forward order), on the CPU."""
         return [(tap, value.cpu()) for tap, value in self._values]
 
+    def grids(self) -> dict[str, tuple[int, int]]:
+        """Feature grid (H, W) seen at the input of each tap's ``grid_of`` module, by layer."""
+        return dict(self._grids)
+
     def clear(self) -> None:
         """Forget the values read so far (hooks stay in place)."""
         self._values.clear()
+        self._grids.clear()

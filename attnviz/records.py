@@ -13,11 +13,14 @@ import numpy as np
 
 __all__ = [
     "Analysis",
+    "AxisGates",
     "ChannelWeights",
     "GradCAM",
     "Prediction",
     "Record",
+    "SamplingPoints",
     "SpatialMap",
+    "TokenAttention",
 ]
 
 
@@ -114,7 +117,125 @@ class GradCAM:
         object.__setattr__(self, "values", _frozen_array(self.values, (2,), "GradCAM.values"))
 
 
-Record = ChannelWeights | SpatialMap | GradCAM
+@dataclass(frozen=True)
+class AxisGates:
+    """Coordinate attention's two directional gates of one block.
+
+    Attributes:
+        layer: qualified module name.
+        kind: ``"ca"``.
+        h: ``[C, H]`` sigmoid gate per channel and feature-map row.
+        w: ``[C, W]`` sigmoid gate per channel and feature-map column; the block multiplies its
+            input at (c, i, j) by ``h[c, i] * w[c, j]``.
+        stride: input-image pixels per feature cell, (y, x).
+        block: position among the model's captured blocks (forward order).
+        untrained: True when the model's weights are random.
+    """
+
+    layer: str
+    kind: str
+    h: np.ndarray
+    w: np.ndarray
+    stride: tuple[float, float]
+    block: int
+    untrained: bool = False
+
+    def __post_init__(self) -> None:
+        h = _frozen_array(self.h, (2,), "AxisGates.h")
+        w = _frozen_array(self.w, (2,), "AxisGates.w")
+        if h.shape[0] != w.shape[0]:
+            raise ValueError(f"AxisGates.h and .w must have the same channels, got {h.shape} and {w.shape}")
+        object.__setattr__(self, "h", h)
+        object.__setattr__(self, "w", w)
+
+    @property
+    def values(self) -> np.ndarray:
+        """``[H, W]``: the channel mean of the gate product ``h[c, i] * w[c, j]``."""
+        return np.einsum("ch,cw->hw", self.h, self.w) / self.h.shape[0]
+
+
+@dataclass(frozen=True)
+class TokenAttention:
+    """Softmax attention between tokens of one block (non-local, multi-head, deformable).
+
+    Attributes:
+        layer: qualified module name.
+        kind: ``"nonlocal"``, ``"mhsa"``, ``"dat"``, ...
+        values: ``[heads, Nq, Nk]``; each row (a query) sums to 1 over the keys.
+        grid: (H, W) of the query tokens after the ``prefix_tokens`` (row-major).
+        stride: input-image pixels per query token, (y, x).
+        prefix_tokens: tokens before the grid (class, distillation, register tokens).
+        key_grid: (Hk, Wk) of the keys when they form a grid of their own (deformable
+            attention's sampled keys); None when the keys are the queries' tokens.
+        block: position among the model's captured blocks (forward order).
+        untrained: True when the model's weights are random.
+    """
+
+    layer: str
+    kind: str
+    values: np.ndarray
+    grid: tuple[int, int]
+    stride: tuple[float, float]
+    block: int
+    prefix_tokens: int = 0
+    key_grid: tuple[int, int] | None = None
+    untrained: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", _frozen_array(self.values, (3,), "TokenAttention.values"))
+
+
+@dataclass(frozen=True)
+class SamplingPoints:
+    """Where a deformable module samples, in input-image pixels, (y, x) order.
+
+    Layout ``[Q, G, P, 2]``: Q queries (output positions), G groups or heads, P points per query
+    and group. The sampled position of point p is ``points[q, g, p]``; the same point without
+    its learned offset is ``reference[q, g, p]`` (the regular kernel grid for deformable
+    convolution, the reference grid for DAT). When every query shares the points (DAT), Q = 1.
+
+    Attributes:
+        layer: qualified module name.
+        kind: ``"deform_conv"``, ``"dat"``, ...
+        points: ``[Q, G, P, 2]`` float, (y, x) pixels of the model input.
+        reference: ``[Q, G, P, 2]`` float, (y, x) pixels of the model input.
+        weights: ``[Q, G, P]`` modulation or attention weight of each point, or None.
+        query_grid: (H, W) of the queries when Q > 1 (row-major), else None.
+        block: position among the model's captured blocks (forward order).
+        untrained: True when the model's weights are random.
+    """
+
+    layer: str
+    kind: str
+    points: np.ndarray
+    reference: np.ndarray
+    weights: np.ndarray | None
+    query_grid: tuple[int, int] | None
+    block: int
+    untrained: bool = False
+
+    def __post_init__(self) -> None:
+        pts = _frozen_array(self.points, (4,), "SamplingPoints.points")
+        ref = _frozen_array(self.reference, (4,), "SamplingPoints.reference")
+        if pts.shape != ref.shape or pts.shape[-1] != 2:
+            raise ValueError(
+                f"SamplingPoints points and reference must both be [Q, G, P, 2], got {pts.shape}, {ref.shape}"
+            )
+        object.__setattr__(self, "points", pts)
+        object.__setattr__(self, "reference", ref)
+        if self.weights is not None:
+            wts = _frozen_array(self.weights, (3,), "SamplingPoints.weights")
+            if wts.shape != pts.shape[:3]:
+                raise ValueError(f"SamplingPoints.weights must be {pts.shape[:3]}, got {wts.shape}")
+            object.__setattr__(self, "weights", wts)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """``[Q, G, P, 2]`` learned displacement of each point, (dy, dx) pixels."""
+        return self.points - self.reference
+
+
+Record = ChannelWeights | SpatialMap | GradCAM | AxisGates | TokenAttention | SamplingPoints
 
 
 @dataclass(frozen=True)
@@ -164,6 +285,21 @@ class Analysis:
     def spatial_maps(self) -> tuple[SpatialMap, ...]:
         """Spatial-map records in forward order."""
         return tuple(r for r in self.records if isinstance(r, SpatialMap))
+
+    @property
+    def axis_gates(self) -> tuple[AxisGates, ...]:
+        """Coordinate-attention records in forward order."""
+        return tuple(r for r in self.records if isinstance(r, AxisGates))
+
+    @property
+    def token_attention(self) -> tuple[TokenAttention, ...]:
+        """Token-attention records in forward order."""
+        return tuple(r for r in self.records if isinstance(r, TokenAttention))
+
+    @property
+    def sampling_points(self) -> tuple[SamplingPoints, ...]:
+        """Sampling-point records in forward order."""
+        return tuple(r for r in self.records if isinstance(r, SamplingPoints))
 
     @property
     def gradcam(self) -> GradCAM | None:
