@@ -12,7 +12,7 @@ Renderers live in :mod:`attnviz.render`. This package never imports streamlit.
 
 from __future__ import annotations
 
-from . import render
+from . import render, zoo
 from .analysis import analyze
 from .errors import AttnvizError, CheckpointError, DeviceError, UnknownModelError, WeightsUnavailableError
 from .imageio import ImageLoadError, load_image
@@ -42,6 +42,7 @@ __all__ = [
     "load_model",
     "render",
     "resolve_device",
+    "zoo",
 ]
 
 __version__ = "0.1.0"

@@ -14,6 +14,11 @@ Families read here (batch-first outputs of the hooked submodule):
 * GC, timm ``GlobalContext``: ``conv_attn`` -> ``[B, 1, H, W]`` logits, softmax over H*W taken
   here (the softmax is inline in timm); ``mlp_add`` -> ``[B, C, 1, 1]`` added to every position;
   ``gate`` -> ``[B, C, 1, 1]`` when the block also scales.
+
+attnviz's own modules (:mod:`attnviz.modules`) expose their attention as named submodules, so
+their adapters only name them: CBAM ``channel.gate``/``spatial.gate``, CA ``gate_h``/``gate_w``,
+GC ``context_softmax``, SK ``select``, non-local ``softmax``, MHSA ``attn_softmax``, DAttention
+``points``/``reference``/``attn_softmax``, deformable conv ``offsets``/``mask_gate``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from timm.layers.squeeze_excite import EffectiveSEModule, SEModule
 from torch import nn
 from torchvision.ops.misc import SqueezeExcitation
 
+from . import modules as own
 from .capture import Tap
 
 __all__ = ["ATTENTION_KINDS", "find_taps"]
@@ -90,6 +96,55 @@ def _gc(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap]
             yield Tap(name, m.mlp_add, "gc_add", "channel", _flat)
 
 
+def _own(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap]:
+    """attnviz's own modules: every one exposes its attention through a named submodule."""
+    if isinstance(m, own.SqueezeExcite):
+        yield Tap(name, m.gate, "se", "channel", _flat)
+    elif isinstance(m, own.EfficientChannelAttention):
+        yield Tap(name, m.gate, "eca", "channel", _flat)
+    elif isinstance(m, own.CBAM):
+        yield Tap(name, m.channel.gate, "cbam_channel", "channel", _flat)
+        yield Tap(name, m.spatial.gate, "cbam_spatial", "spatial", lambda out: out[:, 0])
+    elif isinstance(m, own.CoordAttention):
+        yield Tap(name, m.gate_h, "ca", "axis", lambda out: out[..., 0], part="h")
+        yield Tap(name, m.gate_w, "ca", "axis", lambda out: out[:, :, 0], part="w")
+    elif isinstance(m, own.GlobalContext):
+        yield Tap(name, m.context_softmax, "gc_context", "spatial", lambda out: out[:, 0])
+        if m.mlp_scale is not None:
+            yield Tap(name, m.gate, "gc_scale", "channel", _flat)
+        if m.mlp_add is not None:
+            yield Tap(name, m.mlp_add, "gc_add", "channel", _flat)
+    elif isinstance(m, own.SelectiveKernel):
+        labels = tuple(m.path_labels)
+        yield Tap(name, m.select, "sk", "channel", lambda out: out.flatten(2), labels)
+    elif isinstance(m, own.NonLocal):
+        yield Tap(name, m.softmax, "nonlocal", "token", lambda out: out[:, None], grid_of=m)
+    elif isinstance(m, own.MultiHeadSelfAttention):
+        yield Tap(name, m.attn_softmax, "mhsa", "token", lambda out: out, grid_of=m)
+    elif isinstance(m, own.DAttention):
+        dat = {"convention": "dat"}
+        yield Tap(name, m.points, "dat", "sampling", lambda out: out, part="points", grid_of=m, meta=dat)
+        yield Tap(name, m.reference, "dat", "sampling", lambda out: out, part="reference", meta=dat)
+        yield Tap(name, m.attn_softmax, "dat", "token", lambda out: out, grid_of=m)
+    elif isinstance(m, own.DeformConv):
+        meta = {
+            "convention": "deform_conv",
+            "kernel_size": _pair(m.kernel_size),
+            "stride": _pair(m.stride),
+            "padding": _pair(m.padding),
+            "dilation": _pair(m.dilation),
+        }
+        yield Tap(
+            name, m.offsets, "deform_conv", "sampling", lambda out: out, part="offsets", grid_of=m, meta=meta
+        )
+        if getattr(m, "mask_gate", None) is not None:
+            yield Tap(name, m.mask_gate, "deform_conv", "sampling", lambda out: out, part="mask", meta=meta)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
 def _softmax_over_positions(out: torch.Tensor) -> torch.Tensor:
     b, _, h, w = out.shape
     return torch.softmax(out.reshape(b, h * w).float(), dim=-1).reshape(b, h, w)
@@ -112,6 +167,7 @@ _ADAPTERS: tuple[Callable[[str, nn.Module, dict[str, nn.Module]], Iterator[Tap]]
     _sk,
     _split,
     _gc,
+    _own,
 )
 
 

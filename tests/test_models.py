@@ -43,7 +43,13 @@ def offline(monkeypatch, tmp_path):
 
 def test_list_models_describes_the_zoo(offline):
     specs = {s.name: s for s in attnviz.list_models()}
-    assert set(specs) == set(ZOO)
+    zoo = {n for n, s in specs.items() if s.source == "attnviz"}
+    assert zoo == {f"zoo_{k}" for k in attnviz.zoo.ZOO_KINDS}
+    assert list(specs)[: len(zoo)] == sorted(zoo, key=list(specs).index)  # the offline default comes first
+    assert set(specs) - zoo == set(ZOO)
+    assert specs["zoo_cbam"].attention == ("cbam_channel", "cbam_spatial") and specs[
+        "zoo_cbam"
+    ].input_size == (96, 96)
     for name, (source, kinds) in ZOO.items():
         spec = specs[name]
         assert (spec.source, spec.attention) == (source, kinds)

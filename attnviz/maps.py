@@ -1,0 +1,130 @@
+"""One 2-D heat map per attention record: what the app overlays and what localisation scores.
+
+Each record kind has one documented reduction to a map over the model input:
+
+* ``SpatialMap`` (CBAM spatial gate, GC context softmax): the map itself.
+* ``AxisGates`` (coordinate attention): the channel mean of ``h[c, i] * w[c, j]``, the factor
+  the block multiplies position (i, j) by on average.
+* ``TokenAttention`` with keys on the query grid (non-local, MHSA): the attention each position
+  *receives*, averaged over heads and queries (a column mean of the attention matrix).
+* ``SamplingPoints`` (DAT, deformable conv): the points' weights (DAT: attention received per
+  sampled key; deformable conv: modulation mask, or 1) splatted bilinearly onto the feature
+  grid at the sampled positions: where the module reads from.
+* ``GradCAM``: the map itself (model-input pixels).
+
+Maps are returned in their own resolution; :func:`attnviz.localization.upsample_map` and
+:func:`attnviz.render.overlay` bring them to the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .records import Analysis, AxisGates, GradCAM, Record, SamplingPoints, SpatialMap, TokenAttention
+
+__all__ = ["AttentionMap", "attention_maps", "record_map", "splat"]
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    """A heat map derived from one record.
+
+    Attributes:
+        layer: the record's layer.
+        kind: the record's kind.
+        block: the record's block (-1 for Grad-CAM).
+        values: ``[h, w]`` non-negative map covering the whole model input.
+        how: one line saying how it was derived.
+    """
+
+    layer: str
+    kind: str
+    block: int
+    values: np.ndarray
+    how: str
+
+    @property
+    def label(self) -> str:
+        """``"block 1 · attn3 (cbam_spatial)"``-style label for tables and captions."""
+        if self.block < 0:
+            return f"Grad-CAM · {self.layer}"
+        return f"block {self.block} · {self.layer} ({self.kind})"
+
+
+def splat(
+    points: np.ndarray, weights: np.ndarray, grid: tuple[int, int], stride: tuple[float, float]
+) -> np.ndarray:
+    """Bilinearly splat weighted points (model-input pixels, (y, x)) onto a feature grid.
+
+    Args:
+        points: ``[N, 2]`` (y, x) in input pixels (pixel centres at integers).
+        weights: ``[N]`` non-negative weights.
+        grid: (H, W) of the feature grid.
+        stride: input pixels per feature cell (y, x).
+
+    Returns:
+        ``[H, W]``; points outside the grid lose their weight outside it.
+    """
+    h, w = grid
+    fy = (points[:, 0] + 0.5) / stride[0] - 0.5
+    fx = (points[:, 1] + 0.5) / stride[1] - 0.5
+    y0, x0 = np.floor(fy).astype(int), np.floor(fx).astype(int)
+    out = np.zeros((h, w), dtype=np.float64)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            yy, xx = y0 + dy, x0 + dx
+            wgt = weights * (1 - np.abs(fy - yy)) * (1 - np.abs(fx - xx))
+            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            np.add.at(out, (yy[inside], xx[inside]), wgt[inside])
+    return out.astype(np.float32)
+
+
+def record_map(record: Record, input_hw: tuple[int, int]) -> AttentionMap | None:
+    """The heat map of one record, or None for records without a spatial reading (channel gates).
+
+    Args:
+        record: any record of an :class:`~attnviz.records.Analysis`.
+        input_hw: (H, W) of the model input (``analysis.input_image.shape[:2]``).
+    """
+    if isinstance(record, GradCAM):
+        return AttentionMap(record.layer, record.kind, -1, record.values, "Grad-CAM of the top-1 class")
+    if isinstance(record, SpatialMap):
+        return AttentionMap(record.layer, record.kind, record.block, record.values, "the module's map")
+    if isinstance(record, AxisGates):
+        how = "channel mean of the row gate times the column gate"
+        return AttentionMap(record.layer, record.kind, record.block, record.values, how)
+    if isinstance(record, TokenAttention) and record.key_grid is None:
+        patches = record.values[:, :, record.prefix_tokens :]
+        received = patches.mean(axis=(0, 1)).reshape(record.grid)
+        how = "attention received per position, mean over heads and queries"
+        return AttentionMap(record.layer, record.kind, record.block, received, how)
+    if isinstance(record, SamplingPoints):
+        pts = record.points.reshape(-1, 2)
+        wts = np.ones(len(pts)) if record.weights is None else record.weights.reshape(-1)
+        grid = record.query_grid or _grid_of(record, input_hw)
+        stride = (input_hw[0] / grid[0], input_hw[1] / grid[1])
+        how = "sampling points splatted onto the grid, weighted by " + (
+            "attention"
+            if record.kind == "dat"
+            else "the modulation mask"
+            if record.weights is not None
+            else "1"
+        )
+        return AttentionMap(record.layer, record.kind, record.block, splat(pts, wts, grid, stride), how)
+    return None
+
+
+def _grid_of(record: SamplingPoints, input_hw: tuple[int, int]) -> tuple[int, int]:
+    """The feature grid of shared sampling points (DAT): the reference grid's own size."""
+    ref = record.reference.reshape(-1, 2)
+    ys, xs = np.unique(ref[:, 0]), np.unique(ref[:, 1])
+    return (len(ys), len(xs))
+
+
+def attention_maps(analysis: Analysis) -> list[AttentionMap]:
+    """Every heat map of an analysis, in forward order, Grad-CAM last."""
+    input_hw = analysis.input_image.shape[:2]
+    maps = [record_map(r, input_hw) for r in analysis.records]
+    return [m for m in maps if m is not None]
