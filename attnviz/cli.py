@@ -117,6 +117,28 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM baseline")
     run.add_argument("--cmap", default="jet", help="matplotlib colormap of the overlays (default: jet)")
     run.add_argument("--alpha", type=_alpha, default=0.5, help="overlay opacity in [0, 1] (default: 0.5)")
+
+    zoo = commands.add_parser(
+        "zoo",
+        parents=[verbose],
+        help="train or evaluate the built-in zoo",
+        description="The built-in zoo: small attention CNNs trained by attnviz on generated scenes.",
+    )
+    zoo_commands = zoo.add_subparsers(
+        dest="zoo_command", metavar="ACTION", parser_class=_Parser, required=True
+    )
+    train = zoo_commands.add_parser(
+        "train", parents=[verbose], help="train zoo models (seeded) and write assets/zoo/"
+    )
+    train.add_argument("--kind", action="append", metavar="K", help="a zoo kind; repeat; default: all")
+    train.add_argument("--epochs", type=int, default=None, help="training epochs (default: the card's)")
+    train.add_argument("--n-train", type=int, default=None, help="training scenes (default: the card's)")
+    evaluate = zoo_commands.add_parser(
+        "eval", parents=[verbose], help="accuracy and localisation of the committed zoo weights"
+    )
+    evaluate.add_argument("--kind", action="append", metavar="K", help="a zoo kind; repeat; default: all")
+    evaluate.add_argument("--n", type=int, default=None, help="held-out scenes (default: the cards' set)")
+    evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser
 
 
@@ -294,6 +316,41 @@ def _logging_and_warnings(verbose: bool, err: TextIO) -> Iterator[None]:
             root.setLevel(old_level)
 
 
+def _cmd_zoo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import zoo
+
+    try:
+        kinds = zoo.kinds_from(args.kind)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    if args.zoo_command == "train":
+        overrides = {k: v for k, v in (("epochs", args.epochs), ("n_train", args.n_train)) if v is not None}
+        if any(v < 1 for v in overrides.values()):
+            raise _UsageError("--epochs and --n-train must be at least 1")
+        config = zoo.TrainConfig(**overrides)
+        cards = zoo.train_and_save(kinds, config, log_line=lambda line: _note(err, line))
+        out.write(zoo.format_table(cards) + "\n")
+        return EXIT_OK
+    rows = []
+    for kind in kinds:
+        card = zoo.read_card(kind)
+        eval_set = (card or {}).get(
+            "eval_set", {"n": 1000, "seed": zoo.TrainConfig().eval_seed, "clutter": 0.5}
+        )
+        n = args.n or eval_set["n"]
+        if n < 1:
+            raise _UsageError("--n must be at least 1")
+        _note(err, f"evaluating {zoo.zoo_name(kind)} on {n} held-out scenes (seed {eval_set['seed']})")
+        images, labels, boxes, _ = zoo.held_out_set(n, eval_set["seed"], eval_set["clutter"])
+        rows.append(zoo.evaluate_zoo_model(kind, images, labels, boxes))
+    if args.json:
+        json.dump(rows, out, indent=2)
+        out.write("\n")
+    else:
+        out.write(zoo.format_table(rows) + "\n")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line.
 
@@ -316,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     if args.command is None:
-        err.write(f"{PROG}: error: choose a command: list or analyze (see {PROG} --help)\n")
+        err.write(f"{PROG}: error: choose a command: list, analyze or zoo (see {PROG} --help)\n")
         return EXIT_USAGE
     verbose = bool(args.verbose)
 
@@ -324,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.command == "list":
                 return _cmd_list(args, out)
+            if args.command == "zoo":
+                return _cmd_zoo(args, out, err)
             return _cmd_analyze(args, out, err)
         except BrokenPipeError:
             _silence_stdout()

@@ -10,6 +10,9 @@ get the same layout::
         input.png                     the crop the model saw ([H, W] = the model's input size)
         gradcam.png                   Grad-CAM overlay (when it was computed)
         block03_gc_context.png        one overlay per SpatialMap record
+        block01_ca_axisgates.png      one overlay per other record with a heat map (attnviz.maps):
+                                      axis gates, token attention, sampling points
+        block01_dat_points.npz        SamplingPoints: points, reference, weights (input pixels, y, x)
         channel_weights.csv           block, layer, kind, path, then the C values (one row per path)
         top5.html                     HTML charts, loading ../../plotly.min.js
         channels_heatmap.html
@@ -42,7 +45,8 @@ import plotly.offline
 from PIL import Image
 
 from . import render
-from .records import Analysis, ChannelWeights, GradCAM, SpatialMap
+from .maps import record_map
+from .records import Analysis, ChannelWeights, GradCAM, SamplingPoints, SpatialMap
 
 __all__ = [
     "CSV_FILENAME",
@@ -177,6 +181,15 @@ def _png(img: Image.Image) -> bytes:
     return render.to_png_bytes(img)
 
 
+def _npz(rec: SamplingPoints) -> bytes:
+    buf = io.BytesIO()
+    arrays = {"points": rec.points, "reference": rec.reference}
+    if rec.weights is not None:
+        arrays["weights"] = rec.weights
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
 # --------------------------------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------------------------------
@@ -247,29 +260,45 @@ def _export_one(
 
     records = []
     for rec in analysis.records:
+        main = rec.points if isinstance(rec, SamplingPoints) else rec.values
         entry: dict[str, Any] = {
             "type": type(rec).__name__,
             "kind": rec.kind,
             "layer": rec.layer,
             "block": None if isinstance(rec, GradCAM) else rec.block,
-            "shape": list(rec.values.shape),
+            "shape": list(main.shape),
         }
         if isinstance(rec, ChannelWeights):
             entry["stats"] = {k: _finite(v) for k, v in render.gate_stats(rec).items()}
             entry["path_labels"] = _path_names(rec) if rec.multipath else []
             entry["file"] = add(f"block{rec.block:02d}_channels.html", _html(render.channel_bar(rec)))
             entry["csv"] = listing["channel_weights_csv"]
-        elif isinstance(rec, SpatialMap):
-            entry["stats"] = _array_stats(rec.values)
-            entry["stride"] = [float(s) for s in rec.stride]
-            shown = render.overlay(picture, rec.values, cmap=cmap, alpha=alpha)
-            entry["file"] = add(f"block{rec.block:02d}_{_safe_name(rec.kind, 'map')}.png", _png(shown))
-        else:
-            entry["stats"] = _array_stats(rec.values)
+            records.append(entry)
+            continue
+        entry["stats"] = _array_stats(main)
+        if isinstance(rec, GradCAM):
             entry["target"] = int(rec.target)
             entry["target_label"] = rec.target_label
             shown = render.overlay(picture, rec.values, cmap=cmap, alpha=alpha)
             entry["file"] = listing["gradcam"] = add("gradcam.png", _png(shown))
+            records.append(entry)
+            continue
+        if hasattr(rec, "stride"):
+            entry["stride"] = [float(s) for s in rec.stride]
+        if isinstance(rec, SamplingPoints):
+            # the raw points for reuse: (y, x) model-input pixels, see SamplingPoints
+            entry["points_file"] = add(
+                f"block{rec.block:02d}_{_safe_name(rec.kind, 'points')}_points.npz", _npz(rec)
+            )
+        amap = record_map(rec, picture.shape[:2])
+        if amap is not None:
+            # one overlay per heat map; attnviz.maps documents how each record becomes one
+            entry["map"] = amap.how
+            shown = render.overlay(picture, amap.values, cmap=cmap, alpha=alpha)
+            suffix = "" if type(rec) is SpatialMap else f"_{type(rec).__name__.lower()}"
+            entry["file"] = add(
+                f"block{rec.block:02d}_{_safe_name(rec.kind, 'map')}{suffix}.png", _png(shown)
+            )
         records.append(entry)
 
     return {

@@ -87,7 +87,7 @@ class _Entry:
     gradcam_layer: str
 
 
-_ZOO: dict[str, _Entry] = {
+_MODELS: dict[str, _Entry] = {
     e.name: e
     for e in (
         _Entry("mobilenet_v3_large", "torchvision", ("se",), (224, 224),
@@ -110,6 +110,37 @@ _ZOO: dict[str, _Entry] = {
                "ResNet-50: no attention module, the Grad-CAM baseline", "layer4"),
     )
 }  # fmt: skip
+
+# Captured record kinds of each zoo attention kind (see attnviz.zoo.ZOO_KINDS).
+_ZOO_RECORD_KINDS: dict[str, tuple[str, ...]] = {
+    "se": ("se",),
+    "eca": ("eca",),
+    "cbam": ("cbam_channel", "cbam_spatial"),
+    "ca": ("ca",),
+    "gc": ("gc_context", "gc_add"),
+    "sk": ("sk",),
+    "nonlocal": ("nonlocal",),
+    "mhsa": ("mhsa",),
+    "dat": ("dat",),
+    "deform": ("deform_conv",),
+    "none": (),
+}
+
+
+def _zoo_entries() -> dict[str, _Entry]:
+    """The built-in zoo (trained by attnviz on generated scenes): listed first, the offline default."""
+    from .zoo import INPUT_SIZE, ZOO_KINDS, zoo_name
+
+    return {
+        zoo_name(kind): _Entry(
+            zoo_name(kind), "attnviz", _ZOO_RECORD_KINDS[kind], (INPUT_SIZE, INPUT_SIZE),
+            f"zoo: {description}", "stage3",
+        )
+        for kind, description in ZOO_KINDS.items()
+    }  # fmt: skip
+
+
+_MODELS = {**_zoo_entries(), **_MODELS}
 
 
 def _tv_weights(name: str):
@@ -148,6 +179,11 @@ def _cached_timm_file(cfg) -> Path | None:
 
 def _weights_location(entry: _Entry) -> tuple[str, Path, bool]:
     """(file name, expected path, present locally) of an entry's pretrained weights."""
+    if entry.source == "attnviz":
+        from .zoo import weights_path
+
+        path = weights_path(entry.name.removeprefix("zoo_"))
+        return path.name, path, path.is_file()
     if entry.source == "torchvision":
         url = _tv_weights(entry.name).url
         filename = os.path.basename(url)
@@ -183,7 +219,7 @@ def list_models() -> list[ModelSpec]:
     Returns:
         One :class:`ModelSpec` per model, attention models first, the baseline last.
     """
-    return [_spec(e) for e in _ZOO.values()]
+    return [_spec(e) for e in _MODELS.values()]
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -196,10 +232,10 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def _entry(name: str) -> _Entry:
-    if not isinstance(name, str) or name not in _ZOO:
-        known = ", ".join(_ZOO)
+    if not isinstance(name, str) or name not in _MODELS:
+        known = ", ".join(_MODELS)
         raise UnknownModelError(f"Unknown model {name!r}: choose one of {known}.")
-    return _ZOO[name]
+    return _MODELS[name]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -299,7 +335,10 @@ def _download(url: str, dest: Path, progress: ProgressFn | None) -> None:
 
 
 def _unavailable(entry: _Entry, filename: str, path: Path, cause: BaseException) -> WeightsUnavailableError:
-    if entry.source == "torchvision":
+    if entry.source == "attnviz":
+        kind = entry.name.removeprefix("zoo_")
+        where = f"restore {path} from the repository, or retrain: `python -m attnviz zoo train --kind {kind}`"
+    elif entry.source == "torchvision":
         where = f"put {filename} at {path} (torch hub cache: $TORCH_HOME/hub/checkpoints/)"
     else:
         cfg = _timm_cfg(entry.name)
@@ -378,6 +417,19 @@ def _apply_checkpoint(module: nn.Module, state: dict[str, torch.Tensor], filenam
 
 def _build(entry: _Entry, pretrained_file: Path | None):
     """(module, transform, mean, std, categories) for an entry, random or from a cached file."""
+    if entry.source == "attnviz":
+        from torchvision import transforms as T
+
+        from .scenes import CLASSES
+        from .zoo import INPUT_SIZE, MEAN, STD, build_zoo_model
+
+        module = build_zoo_model(entry.name.removeprefix("zoo_"))
+        if pretrained_file is not None:
+            _apply_checkpoint(module, load_checkpoint(pretrained_file), pretrained_file.name)
+        transform = T.Compose(
+            [T.Resize(INPUT_SIZE), T.CenterCrop(INPUT_SIZE), T.ToTensor(), T.Normalize(MEAN, STD)]
+        )
+        return module, transform, MEAN, STD, CLASSES
     if entry.source == "torchvision":
         from torchvision.models import get_model
 
@@ -418,6 +470,8 @@ def _fetch_pretrained(entry: _Entry, progress: ProgressFn | None) -> Path:
     filename, path, present = _weights_location(entry)
     if present:
         return path
+    if entry.source == "attnviz":
+        raise _unavailable(entry, filename, path, FileNotFoundError(filename))
     try:
         if entry.source == "torchvision":
             _check_reachable(_tv_weights(entry.name).url)

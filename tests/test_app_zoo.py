@@ -1,0 +1,359 @@
+"""The zoo pages (Scene lab, Leaderboard, Modules) and the compare page's zoo defaults, with AppTest.
+
+Like ``test_app.py`` (whose ``navigation_only`` fixture is reused here), the app runs headless from
+``app.py``; pages are reached with ``at.switch_page``. Models run with random weights on the CPU;
+tests that run every zoo model are marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+from test_app import BANNER, TIMEOUT, navigation_only, open_app  # noqa: F401  (autouse fixture)
+
+import attnviz
+from attnviz import zoo
+from attnviz.maps import AttentionMap
+from attnviz.scenes import CLASSES
+from attnviz.teach import INSERTION_PATTERNS, MODULE_GUIDE
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO_MODELS = [zoo.zoo_name(kind) for kind in zoo.ZOO_KINDS]
+
+
+def load_page(name: str) -> Iterator[ModuleType]:
+    """``pages/<name>.py`` imported as a module (its helpers, without drawing the page)."""
+    spec = importlib.util.spec_from_file_location(f"attnviz_{name}_page", ROOT / "pages" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def scene_page() -> Iterator[ModuleType]:
+    yield from load_page("scene")
+
+
+@pytest.fixture(scope="module")
+def leaderboard_page() -> Iterator[ModuleType]:
+    yield from load_page("leaderboard")
+
+
+def open_page(page: str, weights: str = "random") -> AppTest:
+    """The app switched to ``pages/<page>.py`` with the sidebar's weights preset."""
+    at = open_app(weights=weights)
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def zoo_columns(at: AppTest) -> dict[str, object]:
+    """The header columns of the scene lab's grid (a zoo model's name as subheader), by name."""
+    found = {}
+    for col in at.columns:
+        heads = [s.value for s in col.subheader]
+        if len(heads) == 1 and heads[0] in ZOO_MODELS:
+            found[heads[0]] = col
+    return found
+
+
+def zoo_sections(at: AppTest, model: str) -> tuple[object, ...]:
+    """(header, attention maps, Grad-CAM) columns of ``model`` in the scene lab's grid.
+
+    Each row of models is three ``st.columns(PER_ROW)`` rows: headers, attention maps, Grad-CAM
+    (the last only when Grad-CAM is on), so a model's sections lie PER_ROW columns apart.
+    """
+    columns = list(at.columns)
+    [index] = [i for i, col in enumerate(columns) if [s.value for s in col.subheader] == [model]]
+    per_row = 4
+    gradcam = at.toggle(key="scene_gradcam").value
+    count = 3 if gradcam else 2
+    return tuple(columns[index + per_row * k] for k in range(count))
+
+
+def image_captions(block) -> list[str]:
+    return [caption for image in block.image for caption in image.captions]
+
+
+def fake_card(kind: str, accuracy: float, maps: list[tuple[str, float, float, float]]) -> dict:
+    """A card shaped like ``attnviz.zoo`` writes them; maps are (name, pointing, energy, area_share)."""
+    return {
+        "name": zoo.zoo_name(kind),
+        "kind": kind,
+        "accuracy": accuracy,
+        "eval_set": {"n": 1000, "seed": 2, "clutter": 0.5},
+        "localization": [
+            {"name": n, "n": 1000, "pointing": p, "energy": e, "area_share": a, "energy_ratio": e / a}
+            for n, p, e, a in maps
+        ],
+    }
+
+
+FAKE_CARDS = {
+    "cbam": fake_card(
+        "cbam",
+        0.9,
+        [
+            ("block 0 · attn2 (cbam_spatial)", 0.6, 0.2, 0.05),
+            ("block 1 · attn3 (cbam_spatial)", 0.7, 0.25, 0.05),
+            ("Grad-CAM · stage3", 0.8, 0.3, 0.05),
+        ],
+    ),
+    "gc": fake_card(
+        "gc", 0.85, [("block 1 · attn3 (gc_context)", 0.5, 0.1, 0.05), ("Grad-CAM · stage3", 0.7, 0.2, 0.05)]
+    ),
+    "none": fake_card("none", 0.8, [("Grad-CAM · stage3", 0.75, 0.22, 0.05)]),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Navigation
+# --------------------------------------------------------------------------------------------------
+
+
+def test_navigation_lists_the_new_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_model(name, **kwargs):  # the pages render without running any model
+        raise attnviz.WeightsUnavailableError(f"no weights for {name}", weights_file="x", expected_path="y")
+
+    monkeypatch.setattr(attnviz, "load_model", no_model)
+    at = open_app()
+    assert at.title[0].value == "Compare attention"  # still the default page
+    for page, title in (("scene", "Scene lab"), ("leaderboard", "Leaderboard"), ("modules", "Modules")):
+        at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception, at.exception
+        assert at.title[0].value == title
+        assert any(BANNER in w.value for w in at.warning)  # app.py still runs around the page
+
+
+# --------------------------------------------------------------------------------------------------
+# Scene lab
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_scene_page_shows_every_zoo_model_with_box_scores() -> None:
+    at = open_page("scene")
+    assert at.title[0].value == "Scene lab"
+    assert not at.error, [e.value for e in at.error]
+    columns = zoo_columns(at)
+    assert sorted(columns) == sorted(ZOO_MODELS)
+    # The scene itself, with its box, next to the controls.
+    assert any("box (y0, x0, y1, x1)" in c for c in image_captions(at.main))
+
+    # Default: the last attention block, then Grad-CAM; every overlay is scored against the box.
+    header, attention, cam = zoo_sections(at, "zoo_cbam")
+    cbam = image_captions(attention) + image_captions(cam)
+    assert len(cbam) == 2 and cbam[0].startswith("block 1 · attn3 (cbam_spatial)")
+    assert cbam[1].startswith("Grad-CAM")
+    for caption in cbam:
+        assert "energy in box" in caption and "uniform" in caption and "pointing: " in caption
+    _, attention, cam = zoo_sections(at, "zoo_mhsa")
+    assert image_captions(attention)[0].startswith("block 3") and len(cam.image) == 1
+    header, attention, cam = zoo_sections(at, "zoo_se")
+    assert len(attention.image) == 0 and len(cam.image) == 1
+    assert any("channels only" in c.value for c in attention.caption)
+    assert any("true:" in m.value or "check_circle" in m.value for m in header.markdown)  # prediction
+
+    at.radio(key="scene_blocks").set_value("all").run()
+    assert len(zoo_sections(at, "zoo_cbam")[1].image) == 2
+    assert len(zoo_sections(at, "zoo_mhsa")[1].image) == 4
+    at.toggle(key="scene_gradcam").set_value(False).run()
+    assert not at.exception
+    assert len(zoo_sections(at, "zoo_se")[1].image) == 0
+    assert sum(len(col.image) for col in zoo_columns(at).values()) == 0
+    assert not any(c.startswith("Grad-CAM") for c in image_captions(at.main))
+
+    # A new scene runs the models again; results are kept per scene, weights and device.
+    stored = len(at.session_state["scene_results"])
+    at.selectbox(key="scene_class").set_value("star").run()
+    assert not at.exception
+    assert len(at.session_state["scene_results"]) == stored + len(ZOO_MODELS)
+    assert any("star" in c for c in image_captions(at.main))
+
+
+def test_scene_page_without_committed_weights_names_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_weights(name, *, weights="pretrained", device="auto", progress=None):
+        path = zoo.weights_path(name.removeprefix("zoo_"))
+        raise attnviz.WeightsUnavailableError(
+            f"Pretrained weights for {name} ({path.name}) are not available: restore {path}.",
+            weights_file=path.name,
+            expected_path=str(path),
+        )
+
+    monkeypatch.setattr(attnviz, "load_model", no_weights)
+    at = open_page("scene", weights="pretrained")
+    columns = zoo_columns(at)
+    assert sorted(columns) == sorted(ZOO_MODELS)
+    for model, col in columns.items():
+        [error] = [e.value for e in col.error]
+        assert f"{model}.safetensors" in error
+    assert any("random" in i.value and "zoo train" in i.value for i in at.info)
+    assert any("pretrained" in c.value for c in at.caption)  # says which weights
+
+
+def test_pick_maps(scene_page: ModuleType) -> None:
+    def amap(block: int) -> AttentionMap:
+        return AttentionMap(f"l{block}", "k", block, np.ones((2, 2)), "")
+
+    maps = [amap(0), amap(1), amap(2), amap(-1)]
+    assert [m.block for m in scene_page.pick_maps(maps, "last", True)] == [2, -1]
+    assert [m.block for m in scene_page.pick_maps(maps, "first", False)] == [0]
+    assert [m.block for m in scene_page.pick_maps(maps, "all", True)] == [0, 1, 2, -1]
+    assert [m.block for m in scene_page.pick_maps([amap(-1)], "last", True)] == [-1]
+
+
+def test_boxed_overlay_is_enlarged_with_the_box(scene_page: ModuleType) -> None:
+    image = np.zeros((96, 96, 3), np.uint8)
+    out = scene_page.boxed_overlay(
+        image, np.random.default_rng(0).random((6, 6)), (10, 20, 30, 40), "jet", 0.5
+    )
+    scale = scene_page.DISPLAY_SCALE
+    assert out.shape == (96 * scale, 96 * scale, 3)
+    # the outline lies just outside the scaled box
+    assert tuple(out[10 * scale - 1, 30 * scale]) == scene_page.BOX_COLOUR
+    assert tuple(out[20 * scale, 40 * scale]) == scene_page.BOX_COLOUR
+
+
+# --------------------------------------------------------------------------------------------------
+# Leaderboard
+# --------------------------------------------------------------------------------------------------
+
+
+def test_leaderboard_with_cards(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(zoo, "read_card", lambda kind: FAKE_CARDS.get(kind))
+    at = open_page("leaderboard")
+    assert at.title[0].value == "Leaderboard"
+    table = at.dataframe[0].value
+    assert len(table) == 6
+    assert list(table.columns[:8]) == [
+        "model",
+        "kind",
+        "accuracy",
+        "map",
+        "pointing game",
+        "energy in box",
+        "box area share",
+        "energy ratio",
+    ]
+    assert table["energy ratio"].max() == pytest.approx(6.0)
+    assert len(at.get("plotly_chart")) == 2  # energy ratio, pointing game
+    assert any("uniform" in m.value for m in at.markdown)  # the metrics are explained
+    assert any("zoo_ca" in c.value for c in at.caption)  # kinds without a card are named
+
+    at.radio(key="leaderboard_maps").set_value("attention maps only").run()
+    table = at.dataframe[0].value
+    assert len(table) == 3 and not table["map"].str.startswith("Grad-CAM").any()
+    at.multiselect(key="leaderboard_kinds").set_value(["gc"]).run()
+    assert list(at.dataframe[0].value["model"]) == ["zoo_gc"]
+    at.multiselect(key="leaderboard_kinds").set_value(["none"]).run()
+    assert not at.exception and len(at.dataframe) == 0
+    assert any("No rows" in i.value for i in at.info)
+
+
+def test_leaderboard_without_cards_says_how_to_make_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(zoo, "read_card", lambda kind: None)
+    at = open_page("leaderboard")
+    assert len(at.dataframe) == 0
+    assert any("python -m attnviz zoo train" in i.value for i in at.info)
+
+
+def test_leaderboard_with_a_trained_but_unscored_card(monkeypatch: pytest.MonkeyPatch) -> None:
+    cards = {"none": {**FAKE_CARDS["none"], "localization": []}}
+    monkeypatch.setattr(zoo, "read_card", lambda kind: cards.get(kind))
+    at = open_page("leaderboard")
+    assert len(at.dataframe) == 0
+    assert any("not scored yet" in c.value and "zoo_none" in c.value for c in at.caption)
+    assert any("zoo eval" in i.value for i in at.info)
+
+
+def test_leaderboard_helpers(leaderboard_page: ModuleType) -> None:
+    rows = leaderboard_page.leaderboard_rows(FAKE_CARDS)
+    assert [r["model"] for r in rows] == ["zoo_cbam"] * 3 + ["zoo_gc"] * 2 + ["zoo_none"]
+    assert rows[0]["accuracy"] == 0.9 and rows[0]["n"] == 1000
+    only = leaderboard_page.filter_rows(rows, ["cbam", "none"], gradcam=False)
+    assert [r["map"] for r in only] == ["block 0 · attn2 (cbam_spatial)", "block 1 · attn3 (cbam_spatial)"]
+    fig = leaderboard_page.metric_figure(rows, "energy ratio", 1.0, "uniform", "t")
+    assert list(fig.data[0].x) == sorted(r["energy ratio"] for r in rows)  # best on top
+    assert fig.layout.shapes[0].x0 == 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------------
+
+
+def test_modules_page_teaches_every_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Formulas, graphs, costs and code, with the live examples failing fast (no model runs)."""
+
+    def no_model(name, **kwargs):
+        raise attnviz.WeightsUnavailableError(f"no weights for {name}", weights_file="x", expected_path="y")
+
+    monkeypatch.setattr(attnviz, "load_model", no_model)
+    at = open_page("modules", weights="pretrained")
+    assert at.title[0].value == "Modules"
+    assert [t.label for t in at.tabs] == [g.short for g in MODULE_GUIDE.values()]
+    latex = [element.value for element in at.latex]
+    assert len(latex) == len(MODULE_GUIDE)
+    for guide, value in zip(MODULE_GUIDE.values(), latex, strict=True):
+        assert guide.formula in value
+    assert len(at.get("graphviz_chart")) == len(MODULE_GUIDE)
+    assert [c.value for c in at.code] == [p.code.strip() for p in INSERTION_PATTERNS]
+    assert len(at.table) == len(MODULE_GUIDE)  # one cost table per tab
+    costs = at.dataframe[0].value
+    assert list(costs["kind"]) == list(MODULE_GUIDE) and (costs["FLOPs"] > 0).all()
+    assert [e.value for e in at.tabs[0].error] == ["no weights for zoo_se"]
+
+    # A size MHSA refuses: that module's cost is an error, the others are still counted.
+    at.number_input(key="modules_side").set_value(32).run()
+    assert not at.exception
+    at.number_input(key="modules_channels").set_value(8).run()
+    assert not at.exception and len(at.dataframe[0].value) == len(MODULE_GUIDE)
+
+
+@pytest.mark.slow
+def test_modules_page_live_examples() -> None:
+    at = open_page("modules")
+    assert not at.error, [e.value for e in at.error]
+    cbam = at.tabs[list(MODULE_GUIDE).index("cbam")]
+    captions = [c.value for c in cbam.caption]
+    assert any(c.startswith("scene: ") for c in captions)
+    assert any("cbam_spatial" in c for c in captions) and any(c.startswith("Grad-CAM") for c in captions)
+    assert len(cbam.image) == 3  # the scene, the last block's spatial gate, Grad-CAM
+    se = at.tabs[list(MODULE_GUIDE).index("se")]
+    assert len(se.get("plotly_chart")) == 1  # channel weights instead of a map
+    assert len(at.session_state["modules_results"]) == len(MODULE_GUIDE)
+
+
+# --------------------------------------------------------------------------------------------------
+# Compare page: zoo defaults and generated scenes
+# --------------------------------------------------------------------------------------------------
+
+
+def test_compare_defaults_to_zoo_models_and_offers_scenes() -> None:
+    at = open_app()
+    assert at.multiselect(key="compare_models").value == ["zoo_cbam", "zoo_gc"]
+    options = at.multiselect(key="compare_samples").options
+    scenes = [o for o in options if o.startswith("scene: ")]
+    assert len(scenes) == 3 and all(o.split()[1] in CLASSES for o in scenes)
+
+
+@pytest.mark.slow
+def test_compare_runs_zoo_models_on_a_generated_scene() -> None:
+    at = open_app()
+    at.multiselect(key="compare_samples").set_value(["scene_star_1.png"]).run()
+    at.button(key="compare_run").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    for model in ("zoo_cbam", "zoo_gc"):
+        [col] = [c for c in at.columns if [s.value for s in c.subheader] == [model]]
+        assert len(col.image) == 2  # Grad-CAM and the block's spatial map

@@ -1,0 +1,142 @@
+"""The built-in zoo: committed weights load offline, reproduce their cards, and localise the object."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import attnviz
+from attnviz import zoo
+from attnviz.cli import main
+
+KINDS = list(zoo.ZOO_KINDS)
+# Zoo models whose attention has a spatial reading (a map over positions).
+SPATIAL = ["cbam", "ca", "gc", "nonlocal", "mhsa", "dat"]
+BUDGET_BYTES = 15 * 1024 * 1024
+
+
+def test_every_kind_has_small_committed_weights_and_a_card():
+    total = 0
+    for kind in KINDS:
+        assert zoo.weights_path(kind).is_file(), f"missing {zoo.weights_path(kind)}"
+        total += zoo.weights_path(kind).stat().st_size
+        card = json.loads(
+            zoo.card_path(kind).read_text(), parse_constant=lambda c: pytest.fail(f"{c} in card")
+        )
+        assert card["name"] == zoo.zoo_name(kind) and card["kind"] == kind
+        assert card["classes"] == list(attnviz.scenes.CLASSES)
+        assert card["training"]["config"]["seed"] == zoo.TrainConfig().seed
+        assert card["accuracy"] >= 0.9, f"{kind}: {card['accuracy']}"
+        assert card["localization"], kind
+        spec = attnviz.get_spec(zoo.zoo_name(kind))
+        assert spec.source == "attnviz" and spec.pretrained_available
+    assert total < BUDGET_BYTES
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_committed_weights_reproduce_the_card_accuracy(kind):
+    card = zoo.read_card(kind)
+    check = card["check_set"]
+    images, labels, _, _ = zoo.held_out_set(check["n"], check["seed"], check["clutter"])
+    model = attnviz.load_model(zoo.zoo_name(kind), weights="pretrained", device="cpu")
+    assert not model.untrained and model.categories == attnviz.scenes.CLASSES
+    assert zoo.parameter_count(model.module) == card["parameters"]
+    got = zoo.accuracy(model.module, images, labels)
+    assert got >= 0.9
+    assert abs(got - check["accuracy"]) <= 1 / check["n"] + 1e-9
+
+
+@pytest.mark.parametrize("kind", SPATIAL)
+def test_spatial_attention_puts_more_mass_on_the_object_than_its_area(kind):
+    images, labels, boxes, _ = zoo.held_out_set(60, seed=7)
+    result = zoo.evaluate_zoo_model(kind, images, labels, boxes, gradcam=False)
+    maps = [s for s in result["localization"] if not s["name"].startswith("Grad-CAM")]
+    assert maps, kind
+    best = max(maps, key=lambda s: s["energy_ratio"])
+    # a uniform map has energy == area share; the recorded metric is recomputed here
+    assert best["energy"] > best["area_share"], best
+
+
+def test_training_is_reproducible():
+    config = zoo.TrainConfig(n_train=48, epochs=1, batch_size=16)
+    images, labels, _, _ = zoo.held_out_set(48, seed=5)
+    a, _ = zoo.train_zoo_model("cbam", config, data=(images, labels))
+    b, _ = zoo.train_zoo_model("cbam", config, data=(images, labels))
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, msg=name)
+
+
+def test_every_zoo_kind_builds_and_runs():
+    for kind in KINDS:
+        model = zoo.build_zoo_model(kind).eval()
+        with torch.no_grad():
+            out = model(torch.randn(2, 3, zoo.INPUT_SIZE, zoo.INPUT_SIZE))
+        assert out.shape == (2, len(attnviz.scenes.CLASSES))
+    with pytest.raises(ValueError, match="Unknown zoo kind 'vit'"):
+        zoo.ZooNet("vit")
+
+
+def test_format_table_lists_every_map():
+    rows = [
+        {
+            "model": "zoo_x",
+            "accuracy": 0.95,
+            "localization": [
+                {
+                    "name": "block 0 · a",
+                    "pointing": 0.5,
+                    "energy": 0.2,
+                    "area_share": 0.05,
+                    "energy_ratio": 4.0,
+                },
+                {
+                    "name": "Grad-CAM · b",
+                    "pointing": 0.7,
+                    "energy": 0.3,
+                    "area_share": 0.05,
+                    "energy_ratio": 6.0,
+                },
+            ],
+        }
+    ]
+    table = zoo.format_table(rows).splitlines()
+    assert table[2] == "| zoo_x | 95.0% | block 0 · a | 50.0% | 0.200 | 0.050 | 4.00 |"
+    assert table[3] == "|  |  | Grad-CAM · b | 70.0% | 0.300 | 0.050 | 6.00 |"
+
+
+def test_cli_zoo_eval(capsys):
+    assert main(["zoo", "eval", "--kind", "gc", "--n", "20", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["model"] == "zoo_gc" and row["n"] == 20 and 0 <= row["accuracy"] <= 1
+    names = [s["name"] for s in row["localization"]]
+    assert any("gc_context" in n for n in names) and names[-1].startswith("Grad-CAM")
+
+
+def test_cli_zoo_rejects_unknown_kind(capsys):
+    assert main(["zoo", "eval", "--kind", "nope"]) == 2
+    assert "Unknown zoo kind 'nope'" in capsys.readouterr().err
+
+
+def test_zoo_analyze_through_the_cli(tmp_path, capsys):
+    image = tmp_path / "scene.png"
+    from PIL import Image
+
+    Image.fromarray(attnviz.scenes.make_scene(4).image).save(image)
+    assert (
+        main(["analyze", str(image), "--model", "zoo_ca", "--model", "zoo_dat", "--out", str(tmp_path / "o")])
+        == 0
+    )
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    kinds = {r["type"] for res in summary["results"] for r in res["records"]}
+    assert {"AxisGates", "TokenAttention", "SamplingPoints"} <= kinds
+    assert not any(res["untrained"] for res in summary["results"])
+
+
+def test_missing_zoo_weights_name_the_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
+    with pytest.raises(attnviz.WeightsUnavailableError, match=r"zoo_se\.safetensors.*zoo train --kind se"):
+        attnviz.load_model("zoo_se", weights="pretrained")
+    assert np.isfinite(attnviz.load_model("zoo_se", weights="random").module.fc.weight.sum().item())
