@@ -79,6 +79,9 @@ def main() -> None:
     page = st.navigation(
         [
             st.Page("pages/compare.py", title="Compare", icon=":material/compare:", default=True),
+            st.Page("pages/scene.py", title="Scene lab", icon=":material/science:"),
+            st.Page("pages/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:"),
+            st.Page("pages/modules.py", title="Modules", icon=":material/school:"),
             st.Page("pages/models.py", title="Models", icon=":material/view_list:"),
         ]
     )

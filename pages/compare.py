@@ -5,7 +5,7 @@ How state works here:
 - Inputs (uploads, sample photos, models) are ordinary widgets with ``compare_*`` keys; changing
   them only reruns this script, which re-renders from stored results. Models run only when the
   **Run** button is pressed.
-- Models come from :func:`_cached_model`, an ``st.cache_resource`` shared by every session and keyed
+- Models come from :func:`ui.cached_model`, an ``st.cache_resource`` shared by every session and keyed
   by ``(name, weights, device)``; :func:`attnviz.analyze` holds the model's own lock while it runs.
 - Results are :class:`attnviz.Analysis` records (frozen dataclasses of numpy arrays, no tensors) in
   ``st.session_state["compare_results"]``, keyed by ``(image key, model, weights, device)``; the
@@ -35,6 +35,8 @@ from attnviz import render
 from attnviz.export import export_files, zip_bundle
 from attnviz.imageio import ALLOWED_EXTENSIONS
 from attnviz.samples import list_samples, load_sample
+from attnviz.scenes import CLASSES, SceneParams, make_scene
+from ui import cached_model, require_app, store
 
 log = logging.getLogger("attnviz.app.compare")
 
@@ -44,8 +46,13 @@ MAX_IMAGES = 8
 # Models compared side by side at most.
 MAX_MODELS = 4
 
-# Preselected models: two small ones, one with channel (SK) and one with spatial (GC) attention.
-DEFAULT_MODELS = ("skresnet18", "gcresnext26ts")
+# Preselected models: two zoo models with spatial maps (CBAM's spatial gate, GC's context softmax).
+DEFAULT_MODELS = ("zoo_cbam", "zoo_gc")
+
+# Generated scenes offered next to the sample photos: name -> (seed, class). Drawn at 224 px so
+# that the ImageNet models get a full-size input; the zoo models resize them to their 96 px.
+SCENE_SIZE = 224
+SCENES = {f"scene_{name}_{seed}.png": (seed, name) for seed, name in ((1, "star"), (2, "arrow"), (3, "ring"))}
 
 # Analyses kept per session; the oldest ones beyond this are dropped (never the current run's).
 MAX_STORED = 96
@@ -139,13 +146,6 @@ def _settings() -> Settings:
         cmap=str(state.get("sidebar_cmap", "jet")),
         alpha=float(state.get("sidebar_alpha", 0.5)),
     )
-
-
-def _store(key: str) -> dict:
-    """A dict kept in session state under ``key``."""
-    if key not in st.session_state:
-        st.session_state[key] = {}
-    return st.session_state[key]
 
 
 def _trim(store: dict, limit: int, keep: Iterable[object] = ()) -> None:
@@ -243,16 +243,21 @@ def bundle_zip(items: Sequence[tuple[str, attnviz.Analysis]], cmap: str, alpha: 
 # --------------------------------------------------------------------------------------------------
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _cached_model(
-    name: str, weights: str, device: str, _progress: attnviz.models.ProgressFn | None = None
-) -> attnviz.LoadedModel:
-    """One model per ``(name, weights, device)``, shared by every session.
+def load_choice(name: str) -> Image.Image:
+    """A sample photo, or one of :data:`SCENES` by its name."""
+    if name in SCENES:
+        seed, shape = SCENES[name]
+        scene = make_scene(seed, SceneParams(size=SCENE_SIZE, label=CLASSES.index(shape)))
+        return Image.fromarray(scene.image, "RGB")
+    return load_sample(name)
 
-    The model is only run through :func:`attnviz.analyze`, which holds ``LoadedModel.lock``.
-    Failures are not cached: a later run tries again.
-    """
-    return attnviz.load_model(name, weights=weights, device=device, progress=_progress)
+
+def _scene_label(name: str) -> str:
+    """How a choice is shown: ``"scene: star #1"`` for a generated scene, else the file name."""
+    if name in SCENES:
+        seed, shape = SCENES[name]
+        return f"scene: {shape} #{seed}"
+    return name
 
 
 def _on_upload() -> None:
@@ -282,7 +287,7 @@ def _image_inputs() -> tuple[list[ImageRef], dict[str, Image.Image]]:
         )
         or []
     )
-    sample_names = [path.name for path in list_samples()]
+    sample_names = [path.name for path in list_samples()] + list(SCENES)
     if SAMPLES_KEY not in st.session_state:
         # Set here rather than as default=: _on_upload writes this key, and a widget given both
         # a default and a Session State value shows a warning.
@@ -292,9 +297,11 @@ def _image_inputs() -> tuple[list[ImageRef], dict[str, Image.Image]]:
         sample_names,
         key=SAMPLES_KEY,
         on_change=_on_samples,
-        help="Photos shipped with attnviz (see assets/samples/ATTRIBUTION.md).",
+        format_func=_scene_label,
+        help="Photos shipped with attnviz (see assets/samples/ATTRIBUTION.md) and generated scenes "
+        "(attnviz.scenes, 224 px).",
     )
-    checked: dict[str, str | None] = _store(CHECKED_KEY)
+    checked: dict[str, str | None] = store(CHECKED_KEY)
     decoded: dict[str, Image.Image] = {}
     refs: list[ImageRef] = []
     for upload in uploads:
@@ -340,7 +347,7 @@ def _decode_all(
             if ref.key in decoded:
                 images[ref.key] = decoded[ref.key]
             elif ref.is_sample:
-                images[ref.key] = load_sample(ref.label)
+                images[ref.key] = load_choice(ref.label)
             elif ref.key in uploads:
                 images[ref.key] = attnviz.load_image(uploads[ref.key], name=ref.label)
             else:
@@ -358,8 +365,8 @@ def _decode_all(
 
 def _run(config: RunConfig, decoded: dict[str, Image.Image]) -> None:
     """Analyse every image of ``config`` that has no stored result yet, one model at a time."""
-    results: dict = _store(RESULTS_KEY)
-    failures: dict = _store(FAILURES_KEY)
+    results: dict = store(RESULTS_KEY)
+    failures: dict = store(FAILURES_KEY)
     todo = {
         model: [ref for ref in config.images if config.result_key(ref, model) not in results]
         for model in config.models
@@ -382,7 +389,7 @@ def _run(config: RunConfig, decoded: dict[str, Image.Image]) -> None:
                 bar.progress(min(1.0, (i + 0.5 * (fraction or 0.0)) / n), text=message)
 
             try:
-                loaded = _cached_model(model, config.weights, config.device, _progress=progress)
+                loaded = cached_model(model, config.weights, config.device, progress)
                 bar.progress((i + 0.5) / n, text=f"Analysing {len(missing)} image(s) with {model}")
                 analyses = attnviz.analyze(loaded, [images[ref.key] for ref in missing])
             except attnviz.AttnvizError as err:
@@ -552,8 +559,8 @@ def _column(
 
 def _results(config: RunConfig, settings: Settings) -> None:
     """Draw the last run's results: image picker, shared controls, one column per model, the ZIP."""
-    results: dict = _store(RESULTS_KEY)
-    failures: dict = _store(FAILURES_KEY)
+    results: dict = store(RESULTS_KEY)
+    failures: dict = store(FAILURES_KEY)
     if not config.images or not config.models:
         return
     by_key = {ref.key: ref for ref in config.images}
@@ -664,4 +671,5 @@ def main() -> None:
 
 
 if __name__ in {"__main__", "__page__"}:
+    require_app()
     main()

@@ -7,6 +7,7 @@ from pathlib import PurePath
 import streamlit as st
 
 import attnviz
+from ui import require_app
 
 _OFFLINE_HELP = """
 **Getting pretrained weights onto an offline machine.** attnviz never downloads anything unless
@@ -71,4 +72,5 @@ def main() -> None:
     st.markdown(_OFFLINE_HELP)
 
 
+require_app()
 main()

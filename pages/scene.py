@@ -1,0 +1,408 @@
+"""Scene lab: compose a generated scene and see where every zoo model's attention goes.
+
+How it works:
+
+- The controls (``scene_*`` keys) describe a :class:`attnviz.scenes.SceneParams` at the zoo's input
+  size (96 px), so the image the models see is the scene itself and the true box needs no
+  rescaling. Every change reruns the page: the zoo models are small, so all of them run at once
+  (no Run button).
+- Models come from :func:`ui.cached_model`, an ``st.cache_resource`` shared by every session and keyed
+  by ``(name, weights, device)``; :func:`attnviz.analyze` holds the model's lock while it runs.
+- Results are :class:`attnviz.Analysis` records in ``st.session_state["scene_results"]``, keyed by
+  ``(model, weights, device, scene)``, so moving the block choice or the overlay settings only
+  re-renders. Models that cannot load keep their message in ``scene_failures``.
+- Each overlay carries the true box and its localisation on this one scene
+  (:func:`attnviz.localization.score_maps` with n = 1): the energy in the box, its ratio to the
+  box's share of the image, and whether the map's maximum falls inside the box (pointing game).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+import attnviz
+from attnviz import render
+from attnviz.localization import score_maps
+from attnviz.maps import AttentionMap, attention_maps
+from attnviz.scenes import CLASSES, Scene, SceneParams, draw_box, make_scene
+from attnviz.zoo import INPUT_SIZE, ZOO_KINDS, zoo_name
+from ui import cached_model, require_app, store
+
+log = logging.getLogger("attnviz.app.scene")
+
+# Columns per row of the model grid.
+PER_ROW = 4
+
+# The scene is drawn at the zoo's input size and shown this many times larger (nearest neighbour:
+# the pixels the models saw, not a smoothed version).
+DISPLAY_SCALE = 3
+
+# White outline of the true box: it stays visible over every colormap offered in the sidebar.
+BOX_COLOUR = (255, 255, 255)
+
+# Analyses kept per session (11 models per scene).
+MAX_STORED = 132
+
+BLOCK_CHOICES = ("last", "first", "all")
+
+CLASS_KEY = "scene_class"
+X_KEY = "scene_x"
+Y_KEY = "scene_y"
+SIZE_KEY = "scene_size"
+CLUTTER_KEY = "scene_clutter"
+ROTATION_KEY = "scene_rotation"
+SEED_KEY = "scene_seed"
+BLOCKS_KEY = "scene_blocks"
+GRADCAM_KEY = "scene_gradcam"
+RESULTS_KEY = "scene_results"
+FAILURES_KEY = "scene_failures"
+
+_UNEXPECTED = "{model} failed unexpectedly; the details are in the server log."
+_WEIGHTS_HINT = (
+    "Some zoo models have no committed weights on this machine yet. Switch **Weights** in the sidebar "
+    "to **random** to see the untrained architectures, or train the zoo: `python -m attnviz zoo train`."
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sidebar's settings (written by app.py), with defaults when the page runs alone."""
+
+    device: str
+    weights: str
+    cmap: str
+    alpha: float
+
+
+def _settings() -> Settings:
+    state = st.session_state
+    return Settings(
+        device=str(state.get("sidebar_device", "auto")),
+        weights=str(state.get("sidebar_weights", "random")),
+        cmap=str(state.get("sidebar_cmap", "jet")),
+        alpha=float(state.get("sidebar_alpha", 0.5)),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def scene_key(scene: Scene) -> tuple:
+    """A hashable key of a scene: its seed and resolved parameters."""
+    p = scene.params
+    return (scene.seed, p.size, p.label, p.center, p.scale, p.clutter, p.rotation, p.colour)
+
+
+def pick_maps(maps: list[AttentionMap], which: str, gradcam: bool) -> list[AttentionMap]:
+    """The maps to show: the first, the last or all attention blocks, then Grad-CAM when asked.
+
+    Args:
+        maps: ``attention_maps(analysis)`` (forward order, Grad-CAM last).
+        which: ``"first"``, ``"last"`` or ``"all"``.
+        gradcam: append the Grad-CAM map(s).
+    """
+    attention = [m for m in maps if m.block >= 0]
+    blocks = sorted({m.block for m in attention})
+    if blocks and which != "all":
+        chosen = blocks[0] if which == "first" else blocks[-1]
+        attention = [m for m in attention if m.block == chosen]
+    cams = [m for m in maps if m.block < 0] if gradcam else []
+    return attention + cams
+
+
+def scale_box(box: tuple[int, int, int, int], factor: int) -> tuple[int, int, int, int]:
+    """A ``(y0, x0, y1, x1)`` box in an image ``factor`` times larger."""
+    y0, x0, y1, x1 = box
+    return (y0 * factor, x0 * factor, y1 * factor, x1 * factor)
+
+
+def enlarge(image: np.ndarray, factor: int = DISPLAY_SCALE) -> np.ndarray:
+    """``[H, W, 3]`` uint8 -> ``[H*factor, W*factor, 3]`` by nearest neighbour."""
+    return np.repeat(np.repeat(np.asarray(image), factor, axis=0), factor, axis=1)
+
+
+def boxed_scene(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The scene, enlarged, with the true box drawn."""
+    return draw_box(enlarge(image), scale_box(box, DISPLAY_SCALE), BOX_COLOUR, width=2)
+
+
+def boxed_overlay(
+    image: np.ndarray, heat: np.ndarray, box: tuple[int, int, int, int], cmap: str, alpha: float
+) -> np.ndarray:
+    """A heat-map overlay on the enlarged image, with the true box drawn on top."""
+    over = np.asarray(render.overlay(enlarge(image), heat, cmap=cmap, alpha=alpha))
+    return draw_box(over, scale_box(box, DISPLAY_SCALE), BOX_COLOUR, width=2)
+
+
+def map_caption(amap: AttentionMap, box: tuple[int, int, int, int], size: tuple[int, int]) -> str:
+    """``"<label> · energy in box 41% (2.9x uniform) · pointing: hit"``.
+
+    ``2.9x uniform``: the energy in the box divided by the box's share of the image, what a uniform
+    map would put there.
+    """
+    score = score_maps([amap.values], [box], size, amap.label)
+    hit = "hit" if score.pointing >= 0.5 else "miss"
+    ratio = f"{score.energy_ratio:.1f}x uniform"
+    return f"{amap.label} · energy in box {score.energy:.0%} ({ratio}) · pointing: {hit}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+
+
+def _run_all(models: list[str], scene: Scene, settings: Settings, device: str) -> None:
+    """Analyse ``scene`` with every model that has no stored result for it yet."""
+    results: dict = store(RESULTS_KEY)
+    failures: dict = store(FAILURES_KEY)
+    key = scene_key(scene)
+    todo = [m for m in models if (m, settings.weights, device, key) not in results]
+    if not todo:
+        return
+    with st.spinner(f"Running {len(todo)} zoo model(s) on the scene"):
+        for model in todo:
+            try:
+                loaded = cached_model(model, settings.weights, device)
+                [analysis] = attnviz.analyze(loaded, [scene.image])
+            except attnviz.AttnvizError as err:
+                log.warning("%s could not run: %s", model, err)
+                failures[(model, settings.weights, device)] = str(err)
+                continue
+            except Exception:
+                log.exception("analysing the scene with %s failed", model)
+                failures[(model, settings.weights, device)] = _UNEXPECTED.format(model=model)
+                continue
+            failures.pop((model, settings.weights, device), None)
+            results[(model, settings.weights, device, key)] = analysis
+    for old in list(results)[: max(0, len(results) - MAX_STORED)]:
+        if old[3] != key:
+            del results[old]
+
+
+# --------------------------------------------------------------------------------------------------
+# Drawing
+# --------------------------------------------------------------------------------------------------
+
+
+def _controls() -> tuple[SceneParams, int]:
+    """Draw the scene controls; return the parameters and the seed they describe."""
+    st.selectbox("Class", CLASSES, key=CLASS_KEY, help="The shape drawn in the scene.")
+    left, right = st.columns(2)
+    with left:
+        x = st.slider("Position across (x)", 0.0, 1.0, 0.5, 0.01, key=X_KEY, help="0 = left, 1 = right.")
+        size = st.slider(
+            "Size",
+            0.1,
+            0.4,
+            0.2,
+            0.01,
+            key=SIZE_KEY,
+            help="Object size as a fraction of the image side (the square root of its area).",
+        )
+        rotation = st.slider("Rotation (degrees)", 0, 359, 0, key=ROTATION_KEY)
+    with right:
+        y = st.slider("Position down (y)", 0.0, 1.0, 0.5, 0.01, key=Y_KEY, help="0 = top, 1 = bottom.")
+        clutter = st.slider(
+            "Clutter",
+            0.0,
+            1.0,
+            0.5,
+            0.05,
+            key=CLUTTER_KEY,
+            help="Background texture and distractors (lines, dots, blobs, outlines).",
+        )
+        seed = st.number_input(
+            "Seed",
+            min_value=0,
+            max_value=2**31 - 1,
+            value=1,
+            step=1,
+            key=SEED_KEY,
+            help="Draws the colours, the background and the distractors.",
+        )
+    label = CLASSES.index(st.session_state[CLASS_KEY])
+    return SceneParams(
+        size=INPUT_SIZE,
+        label=label,
+        center=(float(y), float(x)),
+        scale=float(size),
+        clutter=float(clutter),
+        rotation=float(rotation),
+    ), int(seed)
+
+
+def _no_map_text(model: str) -> str:
+    """Why a model's column has no attention overlay."""
+    if model == zoo_name("none"):
+        return "No spatial attention map: the baseline has no attention."
+    return "No spatial attention map: this model's attention weighs channels only."
+
+
+def _header(model: str, analysis: attnviz.Analysis | None, failure: str | None, scene: Scene) -> None:
+    """A model's name (its description as help), its prediction, or why it has no result."""
+    kind = model.removeprefix("zoo_")
+    st.subheader(model, help=ZOO_KINDS.get(kind))
+    if analysis is None:
+        st.error(failure or f"{model} produced no result.", icon=":material/error:")
+        return
+    top = analysis.top5[0]
+    if top.index == scene.label:
+        st.markdown(f":green[:material/check_circle: **{top.label}** · {top.probability:.0%}]")
+    else:
+        st.markdown(
+            f":red[:material/cancel: **{top.label}** · {top.probability:.0%}] (true: {scene.class_name})"
+        )
+
+
+def _maps(analysis: attnviz.Analysis, maps: list[AttentionMap], scene: Scene, settings: Settings) -> None:
+    """Overlays of ``maps`` on what the model saw, each with the true box and its scores."""
+    size = analysis.input_image.shape[:2]
+    for amap in maps:
+        st.image(
+            boxed_overlay(analysis.input_image, amap.values, scene.box, settings.cmap, settings.alpha),
+            caption=map_caption(amap, scene.box, size),
+            width="stretch",
+        )
+
+
+def _grid(
+    models: list[str],
+    analyses: dict[str, attnviz.Analysis | None],
+    failures: dict[str, str | None],
+    scene: Scene,
+    settings: Settings,
+    which: str,
+    gradcam: bool,
+) -> None:
+    """The models in rows of :data:`PER_ROW` columns.
+
+    Each row of models is drawn as three rows of columns, headers, attention maps, Grad-CAM, so that
+    the Grad-CAM overlays line up whatever the number of attention maps above them.
+    """
+    for start in range(0, len(models), PER_ROW):
+        row = models[start : start + PER_ROW]
+        maps = {m: attention_maps(a) for m, a in analyses.items() if m in row and a is not None}
+        for col, model in zip(st.columns(PER_ROW), row, strict=False):
+            with col:
+                _header(model, analyses[model], failures[model], scene)
+        for col, model in zip(st.columns(PER_ROW), row, strict=False):
+            analysis = analyses[model]
+            if analysis is None:
+                continue
+            with col:
+                shown = pick_maps(maps[model], which, gradcam=False)
+                if not shown:
+                    st.caption(_no_map_text(model))
+                _maps(analysis, shown, scene, settings)
+        if gradcam:
+            for col, model in zip(st.columns(PER_ROW), row, strict=False):
+                analysis = analyses[model]
+                if analysis is not None:
+                    with col:
+                        _maps(analysis, [m for m in maps[model] if m.block < 0], scene, settings)
+
+
+def _score_table(analyses: dict[str, attnviz.Analysis], scene: Scene) -> list[dict[str, object]]:
+    """One row per model and map (every block), for the table under the grid."""
+    rows = []
+    for model, analysis in analyses.items():
+        top = analysis.top5[0]
+        size = analysis.input_image.shape[:2]
+        for amap in attention_maps(analysis):
+            score = score_maps([amap.values], [scene.box], size, amap.label)
+            rows.append(
+                {
+                    "model": model,
+                    "prediction": top.label,
+                    "correct": top.index == scene.label,
+                    "map": amap.label,
+                    "energy in box": score.energy,
+                    "energy ratio": score.energy_ratio,
+                    "pointing": score.pointing >= 0.5,
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    """Draw the page."""
+    st.title("Scene lab")
+    st.caption(
+        "Place a shape, add clutter, and see where each zoo model looks. Every model was trained on "
+        "such scenes, so the true box (white) says where its attention should go."
+    )
+    settings = _settings()
+    try:
+        device = str(attnviz.resolve_device(settings.device))
+    except attnviz.DeviceError as err:
+        st.error(str(err))
+        return
+
+    controls, preview = st.columns([2, 1])
+    with controls:
+        params, seed = _controls()
+    try:
+        scene = make_scene(seed, params)
+    except ValueError as err:
+        st.error(str(err))
+        return
+    with preview:
+        st.image(
+            boxed_scene(scene.image, scene.box),
+            caption=f"{scene.class_name}, box (y0, x0, y1, x1) = {scene.box} on {INPUT_SIZE}x{INPUT_SIZE} px",
+            width="stretch",
+        )
+
+    if settings.weights == "pretrained":
+        st.caption("Weights: **pretrained**, the zoo's committed weights (`assets/zoo/`).")
+    else:
+        st.caption("Weights: **random**: untrained models, the maps show the mechanics only.")
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    with left:
+        which = st.radio(
+            "Attention block",
+            BLOCK_CHOICES,
+            horizontal=True,
+            key=BLOCKS_KEY,
+            help="Which attention block's map to show per model: the deepest (last), the first, or all.",
+        )
+    with right:
+        gradcam = st.toggle("Grad-CAM", value=True, key=GRADCAM_KEY, help="Add each model's Grad-CAM map.")
+
+    models = [zoo_name(kind) for kind in ZOO_KINDS]
+    _run_all(models, scene, settings, device)
+    results: dict = store(RESULTS_KEY)
+    failures: dict = store(FAILURES_KEY)
+    key = scene_key(scene)
+    analyses = {m: results.get((m, settings.weights, device, key)) for m in models}
+    if settings.weights == "pretrained" and any(a is None for a in analyses.values()):
+        st.info(_WEIGHTS_HINT, icon=":material/lightbulb:")
+    model_failures = {m: failures.get((m, settings.weights, device)) for m in models}
+    _grid(models, analyses, model_failures, scene, settings, which, gradcam)
+    done = {m: a for m, a in analyses.items() if a is not None}
+    if done:
+        with st.expander("Every map's score on this scene"):
+            st.dataframe(
+                _score_table(done, scene),
+                hide_index=True,
+                column_config={
+                    "energy in box": st.column_config.NumberColumn(format="percent"),
+                    "energy ratio": st.column_config.NumberColumn(format="%.2f"),
+                },
+            )
+            st.caption(
+                "Energy in box: the map's share of its total mass inside the true box. Energy ratio: "
+                "that share divided by the box's share of the image (1 = a uniform map). Pointing: "
+                "the map's maximum falls inside the box."
+            )
+
+
+if __name__ in {"__main__", "__page__"}:
+    require_app()
+    main()
