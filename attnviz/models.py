@@ -346,10 +346,16 @@ def _unavailable(entry: _Entry, filename: str, path: Path, cause: BaseException)
             f"download the Hugging Face repo {cfg.hf_hub_id} into the HF cache ({_hf_cache_dir()}, "
             f"e.g. `hf download {cfg.hf_hub_id}` on a connected machine, then copy the cache)"
         )
+    if entry.source == "attnviz":
+        missing = f"The zoo weights of {entry.name} ({filename}) are missing from {path.parent}"
+    else:
+        missing = (
+            f"Pretrained weights for {entry.name} ({filename}) are not cached and could not be downloaded "
+            f"({type(cause).__name__})"
+        )
     return WeightsUnavailableError(
-        f"Pretrained weights for {entry.name} ({filename}) are not cached and could not be downloaded "
-        f"({type(cause).__name__}): {where}, or pass weights=<path to a .safetensors/.pth state dict>, "
-        f"or use weights='random'.",
+        f"{missing}: {where}, or pass weights=<path to a .safetensors/.pth state dict>, "
+        "or use weights='random'.",
         weights_file=filename,
         expected_path=str(path),
     )

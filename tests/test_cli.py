@@ -27,6 +27,9 @@ MODELS = {
     "resnest14d",
     "gcresnext26ts",
     "resnet50",
+} | {
+    f"zoo_{kind}"
+    for kind in ("none", "se", "eca", "cbam", "ca", "gc", "sk", "nonlocal", "mhsa", "dat", "deform")
 }
 
 
@@ -56,7 +59,7 @@ def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", "--json"]) == 0
     specs = json.loads(capsys.readouterr().out)
     assert {s["name"] for s in specs} == MODELS
-    assert len(specs) == 9
+    assert len(specs) == len(MODELS)
     sk = next(s for s in specs if s["name"] == "skresnet18")
     assert sk["attention"] == ["sk"]
     assert sk["input_size"] == [224, 224]
