@@ -8,12 +8,34 @@ scripts). Like the pages, it never touches hooks: models are only run through
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import streamlit as st
 
 import attnviz
 
-__all__ = ["cached_model", "require_app", "store"]
+__all__ = ["Settings", "cached_model", "require_app", "settings", "store"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sidebar's settings (written by app.py), with defaults when a page runs alone."""
+
+    device: str
+    weights: str
+    cmap: str
+    alpha: float
+
+
+def settings() -> Settings:
+    """The current sidebar settings."""
+    state = st.session_state
+    return Settings(
+        device=str(state.get("sidebar_device", "auto")),
+        weights=str(state.get("sidebar_weights", "random")),
+        cmap=str(state.get("sidebar_cmap", "jet")),
+        alpha=float(state.get("sidebar_alpha", 0.5)),
+    )
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)

@@ -36,7 +36,8 @@ from attnviz.export import export_files, zip_bundle
 from attnviz.imageio import ALLOWED_EXTENSIONS
 from attnviz.samples import list_samples, load_sample
 from attnviz.scenes import CLASSES, SceneParams, make_scene
-from ui import cached_model, require_app, store
+from ui import Settings, cached_model, require_app, store
+from ui import settings as read_settings
 
 log = logging.getLogger("attnviz.app.compare")
 
@@ -126,26 +127,6 @@ class Failure:
 
     message: str
     weights_hint: bool
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The sidebar's settings (written by app.py), with defaults when the page runs alone."""
-
-    device: str
-    weights: str
-    cmap: str
-    alpha: float
-
-
-def _settings() -> Settings:
-    state = st.session_state
-    return Settings(
-        device=str(state.get("sidebar_device", "auto")),
-        weights=str(state.get("sidebar_weights", "random")),
-        cmap=str(state.get("sidebar_cmap", "jet")),
-        alpha=float(state.get("sidebar_alpha", 0.5)),
-    )
 
 
 def _trim(store: dict, limit: int, keep: Iterable[object] = ()) -> None:
@@ -623,7 +604,7 @@ def main() -> None:
         "What do the attention modules look at? Choose images and up to four models, then press Run. "
         "Grad-CAM is the baseline; the block maps come from the models' own attention modules."
     )
-    settings = _settings()
+    settings = read_settings()
     names = [spec.name for spec in attnviz.list_models()]
     inputs, controls = st.columns([3, 2])
     with inputs:

@@ -25,6 +25,7 @@ from attnviz.scenes import Scene, SceneParams, draw_box, make_scene
 from attnviz.teach import INSERTION_PATTERNS, MODULE_GUIDE, ModuleGuide, flops_text, module_cost
 from attnviz.zoo import INPUT_SIZE
 from ui import cached_model, require_app, store
+from ui import settings as read_settings
 
 log = logging.getLogger("attnviz.app.modules")
 
@@ -39,17 +40,6 @@ DISPLAY_SCALE = 3
 BOX_COLOUR = (255, 255, 255)
 
 _UNEXPECTED = "{model} failed unexpectedly; the details are in the server log."
-
-
-def _settings() -> tuple[str, str, str, float]:
-    """``(device, weights, cmap, alpha)`` from the sidebar (app.py), with defaults."""
-    state = st.session_state
-    return (
-        str(state.get("sidebar_device", "auto")),
-        str(state.get("sidebar_weights", "random")),
-        str(state.get("sidebar_cmap", "jet")),
-        float(state.get("sidebar_alpha", 0.5)),
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,13 +244,13 @@ def main() -> None:
         "The attention modules attnviz implements: what each computes, what the app's heat map of it "
         "means, what it costs, and its zoo model at work."
     )
-    settings = _settings()
+    sidebar = read_settings()
     try:
-        device = str(attnviz.resolve_device(settings[0]))
+        device = str(attnviz.resolve_device(sidebar.device))
     except attnviz.DeviceError as err:
         st.error(str(err))
         return
-    settings = (device, *settings[1:])
+    settings = (device, sidebar.weights, sidebar.cmap, sidebar.alpha)
     left, right, _ = st.columns([1, 1, 2])
     with left:
         channels = int(

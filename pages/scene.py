@@ -19,7 +19,6 @@ How it works:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
@@ -30,7 +29,8 @@ from attnviz.localization import score_maps
 from attnviz.maps import AttentionMap, attention_maps
 from attnviz.scenes import CLASSES, Scene, SceneParams, draw_box, make_scene
 from attnviz.zoo import INPUT_SIZE, ZOO_KINDS, zoo_name
-from ui import cached_model, require_app, store
+from ui import Settings, cached_model, require_app, store
+from ui import settings as read_settings
 
 log = logging.getLogger("attnviz.app.scene")
 
@@ -66,26 +66,6 @@ _WEIGHTS_HINT = (
     "Some zoo models have no committed weights on this machine yet. Switch **Weights** in the sidebar "
     "to **random** to see the untrained architectures, or train the zoo: `python -m attnviz zoo train`."
 )
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The sidebar's settings (written by app.py), with defaults when the page runs alone."""
-
-    device: str
-    weights: str
-    cmap: str
-    alpha: float
-
-
-def _settings() -> Settings:
-    state = st.session_state
-    return Settings(
-        device=str(state.get("sidebar_device", "auto")),
-        weights=str(state.get("sidebar_weights", "random")),
-        cmap=str(state.get("sidebar_cmap", "jet")),
-        alpha=float(state.get("sidebar_alpha", 0.5)),
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,7 +317,7 @@ def main() -> None:
         "Place a shape, add clutter, and see where each zoo model looks. Every model was trained on "
         "such scenes, so the true box (white) says where its attention should go."
     )
-    settings = _settings()
+    settings = read_settings()
     try:
         device = str(attnviz.resolve_device(settings.device))
     except attnviz.DeviceError as err:

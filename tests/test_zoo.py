@@ -51,7 +51,7 @@ def test_committed_weights_reproduce_the_card_accuracy(kind):
 
 @pytest.mark.parametrize("kind", SPATIAL)
 def test_spatial_attention_puts_more_mass_on_the_object_than_its_area(kind):
-    images, labels, boxes, _ = zoo.held_out_set(60, seed=7)
+    images, labels, boxes, _ = zoo.held_out_set(200, seed=7)
     result = zoo.evaluate_zoo_model(kind, images, labels, boxes, gradcam=False)
     maps = [s for s in result["localization"] if not s["name"].startswith("Grad-CAM")]
     assert maps, kind
