@@ -172,6 +172,7 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes our protocol-4 pickle
 def test_pickle_carrying_code_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
