@@ -8,9 +8,7 @@ Tests that run real models (random weights, CPU, a few seconds each) are marked 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
-import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import streamlit as st
+from conftest import load_page
 from PIL import Image
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
@@ -98,15 +97,9 @@ def fresh_model_cache() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def compare_page() -> ModuleType:
+def compare_page() -> Iterator[ModuleType]:
     """``pages/compare.py`` imported as a module: its helpers without drawing the page."""
-    spec = importlib.util.spec_from_file_location("attnviz_compare_page", ROOT / "pages" / "compare.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_page("compare")
 
 
 # --------------------------------------------------------------------------------------------------

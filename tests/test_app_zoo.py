@@ -7,14 +7,13 @@ tests that run every zoo model are marked ``slow``.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from conftest import load_page
 from streamlit.testing.v1 import AppTest
 from test_app import BANNER, TIMEOUT, navigation_only, open_app  # noqa: F401  (autouse fixture)
 
@@ -26,17 +25,6 @@ from attnviz.teach import INSERTION_PATTERNS, MODULE_GUIDE
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO_MODELS = [zoo.zoo_name(kind) for kind in zoo.ZOO_KINDS]
-
-
-def load_page(name: str) -> Iterator[ModuleType]:
-    """``pages/<name>.py`` imported as a module (its helpers, without drawing the page)."""
-    spec = importlib.util.spec_from_file_location(f"attnviz_{name}_page", ROOT / "pages" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture(scope="module")
