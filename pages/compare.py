@@ -268,13 +268,14 @@ def _image_inputs() -> tuple[list[ImageRef], dict[str, Image.Image]]:
         )
         or []
     )
-    sample_names = [path.name for path in list_samples()] + list(SCENES)
+    # Generated scenes first: the default models are the zoo's, which were trained on such scenes.
+    sample_names = list(SCENES) + [path.name for path in list_samples()]
     if SAMPLES_KEY not in st.session_state:
         # Set here rather than as default=: _on_upload writes this key, and a widget given both
         # a default and a Session State value shows a warning.
         st.session_state[SAMPLES_KEY] = sample_names[:1]
     st.multiselect(
-        "Sample photos",
+        "Sample images",
         sample_names,
         key=SAMPLES_KEY,
         on_change=_on_samples,

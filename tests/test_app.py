@@ -146,8 +146,9 @@ def test_device_choices_match_the_machine() -> None:
 def test_compare_page_waits_for_run_with_the_first_sample() -> None:
     at = open_app()
     samples = at.multiselect(key="compare_samples")
-    assert samples.value == samples.options[:1]
-    assert at.multiselect(key="compare_models").value  # small defaults preselected
+    # the default models are zoo models, so the default image is the first generated scene
+    assert samples.value == ["scene_star_1.png"] and samples.options[0] == "scene: star #1"
+    assert all(m.startswith("zoo_") for m in at.multiselect(key="compare_models").value)
     assert not at.button(key="compare_run").disabled
     assert any("Press **Run**" in i.value for i in at.info)
     assert len(at.get("plotly_chart")) == 0  # nothing runs before the button is pressed
