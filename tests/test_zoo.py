@@ -140,3 +140,16 @@ def test_missing_zoo_weights_name_the_file(monkeypatch, tmp_path):
     with pytest.raises(attnviz.WeightsUnavailableError, match=r"zoo_se\.safetensors.*zoo train --kind se"):
         attnviz.load_model("zoo_se", weights="pretrained")
     assert np.isfinite(attnviz.load_model("zoo_se", weights="random").module.fc.weight.sum().item())
+
+
+@pytest.mark.slow
+def test_cli_zoo_train_writes_weights_and_a_scored_card(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
+    assert main(["zoo", "train", "--kind", "se", "--epochs", "1", "--n-train", "64"]) == 0
+    card = json.loads((tmp_path / "zoo_se.json").read_text())
+    assert card["training"]["config"]["epochs"] == 1 and card["training"]["config"]["n_train"] == 64
+    assert 0 <= card["accuracy"] <= 1 and card["check_set"]["n"] == zoo.CHECK_SET["n"]
+    assert any("Grad-CAM" in s["name"] for s in card["localization"])
+    model = attnviz.load_model("zoo_se", weights="pretrained")  # loads what was just written
+    assert not model.untrained
+    assert "| zoo_se |" in capsys.readouterr().out
