@@ -13,8 +13,10 @@ corner. Boxes are ``(y0, x0, y1, x1)`` pixel indices with ``y1``/``x1`` exclusiv
 Scenes are deterministic: ``make_scene(seed, params)`` returns identical bytes for the same seed
 and parameters, and ``make_scene(seed, scene.params)`` rebuilds a scene from its resolved
 parameters. The object's random choices are drawn before the background's and the distractors'
-from the one generator, so two scenes that differ only in ``clutter`` (or only in ``label``) share
-the object's place, size, rotation and colour and the background's gradient.
+from the one generator, so two scenes that differ only in ``clutter`` share the object (class,
+place, size, rotation, colour) and the background's gradient; two that differ only in ``label``
+share the size, the rotation and the gradient, and nearly the place (the random centre is drawn
+within the range where the object fits, which depends on its shape).
 """
 
 from __future__ import annotations
@@ -242,9 +244,9 @@ class SceneParams:
             gradient with faint texture and no distractors.
         rotation: counter-clockwise rotation of the object in degrees, or ``None`` for a random
             one in ``[0, 360)``.
-        colour: object colour as ``(r, g, b)`` in ``0..255``, or ``None`` for a random colour at
-            least 90 luminance levels away from the mean of the background under the object
-            (Rec. 601 luma), when the background allows it.
+        colour: object colour as ``(r, g, b)`` in ``0..255``, or ``None`` for a random hue made
+            at least 90 luma levels (Rec. 601) darker or brighter than the mean of the smooth
+            background under the object; one of the two sides always has room.
     """
 
     size: int = 128
@@ -480,20 +482,25 @@ def _render_background(
     canvas = Image.fromarray(image, "RGB")
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(unit))
+    # Loops over Python floats (.tolist()): the same values, without numpy-scalar overhead.
     for (y, x, length, angle), colour in zip(
-        lines * [size, size, 0.5 * size, 2 * math.pi], line_colours, strict=True
+        (lines * [size, size, 0.5 * size, 2 * math.pi]).tolist(), line_colours.tolist(), strict=True
     ):
         length += 0.2 * size
         end = (x + length * math.cos(angle), y + length * math.sin(angle))
-        draw.line([(x, y), end], fill=tuple(colour.tolist()), width=width)
-    for (y, x), r, colour in zip(dots, dot_radii, dot_colours, strict=True):
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(colour.tolist()))
+        draw.line([(x, y), end], fill=tuple(colour), width=width)
+    for (y, x), r, colour in zip(dots.tolist(), dot_radii.tolist(), dot_colours.tolist(), strict=True):
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(colour))
     for (y, x), r, colour, is_round in zip(
-        outlines, outline_radii, outline_colours, outline_round, strict=True
+        outlines.tolist(),
+        outline_radii.tolist(),
+        outline_colours.tolist(),
+        outline_round.tolist(),
+        strict=True,
     ):
         shape = draw.ellipse if is_round else draw.rectangle
-        shape([x - r, y - r, x + r, y + r], outline=tuple(colour.tolist()), width=width)
-    return np.asarray(canvas).copy()
+        shape([x - r, y - r, x + r, y + r], outline=tuple(colour), width=width)
+    return np.array(canvas)
 
 
 def make_scene(seed: int, params: SceneParams = SceneParams()) -> Scene:
