@@ -93,7 +93,9 @@ class Capture:
             for tap in self.taps:
                 self._handles.append(tap.module.register_forward_hook(self._hook_for(tap)))
                 if tap.grid_of is not None:
-                    self._handles.append(tap.grid_of.register_forward_pre_hook(self._grid_hook_for(tap.layer)))
+                    self._handles.append(
+                        tap.grid_of.register_forward_pre_hook(self._grid_hook_for(tap.layer))
+                    )
         except BaseException:
             self._restore()
             raise
