@@ -24,14 +24,22 @@ GC ``context_softmax``, SK ``select``, non-local ``softmax``, MHSA ``attn_softma
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
+from timm.layers.attention import Attention as TimmAttention
+from timm.layers.bottleneck_attn import BottleneckAttn
 from timm.layers.eca import CecaModule, EcaModule
 from timm.layers.global_context import GlobalContext
+from timm.layers.halo_attn import HaloAttn
 from timm.layers.selective_kernel import SelectiveKernel, SelectiveKernelAttn
 from timm.layers.split_attn import SplitAttn
 from timm.layers.squeeze_excite import EffectiveSEModule, SEModule
+from timm.models.swin_transformer import SwinTransformerBlock as TimmSwinBlock
+from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torch import nn
+from torchvision.models.swin_transformer import ShiftedWindowAttention as TvShiftedWindowAttention
+from torchvision.models.vision_transformer import VisionTransformer as TvViT
 from torchvision.ops.misc import SqueezeExcitation
 
 from . import modules as own
@@ -51,32 +59,68 @@ ATTENTION_KINDS: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What an adapter may need beyond the module itself, read from the model once.
+
+    Attributes:
+        model: the whole model.
+        parents: qualified name -> parent module.
+        prefix_names: a ViT's prefix tokens in order (``"cls"``, ``"dist"``, ``"reg1"``...).
+        patch_embed: a ViT's patch-embedding convolution, whose output ``[B, C, H, W]`` shows the
+            token grid; None for models that are not ViTs.
+    """
+
+    model: nn.Module
+    parents: dict[str, nn.Module]
+    prefix_names: tuple[str, ...] = ()
+    patch_embed: nn.Module | None = None
+
+
+def _token_layout(model: nn.Module) -> tuple[tuple[str, ...], nn.Module | None]:
+    """(prefix token names, patch-embedding conv) of a timm or torchvision ViT, read from the model."""
+    if isinstance(model, TimmViT):
+        names = ["cls"] if getattr(model, "cls_token", None) is not None else []
+        if getattr(model, "dist_token", None) is not None:
+            names.append("dist")
+        names += [f"reg{i + 1}" for i in range(getattr(model, "num_reg_tokens", 0))]
+        if len(names) != model.num_prefix_tokens:
+            raise ValueError(
+                f"{type(model).__name__} has {model.num_prefix_tokens} prefix tokens, "
+                f"attnviz identified {names}"
+            )
+        return tuple(names), model.patch_embed.proj
+    if isinstance(model, TvViT):
+        return ("cls",), model.conv_proj
+    return (), None
+
+
 def _flat(out: torch.Tensor) -> torch.Tensor:
     return out.reshape(out.shape[0], -1)
 
 
-def _se(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap]:
+def _se(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
     if isinstance(m, SqueezeExcitation):
         yield Tap(name, m.scale_activation, "se", "channel", _flat)
     elif isinstance(m, SEModule | EffectiveSEModule):
         yield Tap(name, m.gate, "se", "channel", _flat)
 
 
-def _eca(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap]:
+def _eca(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
     if isinstance(m, EcaModule | CecaModule):
         yield Tap(name, m.gate, "eca", "channel", _flat)
 
 
-def _sk(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap]:
+def _sk(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
     if isinstance(m, SelectiveKernelAttn):
-        parent = parents.get(name)
+        parent = ctx.parents.get(name)
         labels: tuple[str, ...] = ()
         if isinstance(parent, SelectiveKernel):
             labels = tuple(_conv_label(path) for path in parent.paths)
         yield Tap(name, m, "sk", "channel", lambda out: out.flatten(3).squeeze(3), labels)
 
 
-def _split(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap]:
+def _split(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
     if isinstance(m, SplitAttn) and m.radix > 1:
         radix = m.radix
         labels = tuple(f"split {i}" for i in range(radix))
@@ -86,7 +130,7 @@ def _split(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[T
         )
 
 
-def _gc(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap]:
+def _gc(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
     if isinstance(m, GlobalContext):
         if m.conv_attn is not None:
             yield Tap(name, m.conv_attn, "gc_context", "spatial", _softmax_over_positions)
@@ -96,7 +140,7 @@ def _gc(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap]
             yield Tap(name, m.mlp_add, "gc_add", "channel", _flat)
 
 
-def _own(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap]:
+def _own(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
     """attnviz's own modules: every one exposes its attention through a named submodule."""
     if isinstance(m, own.SqueezeExcite):
         yield Tap(name, m.gate, "se", "channel", _flat)
@@ -141,6 +185,78 @@ def _own(name: str, m: nn.Module, parents: dict[str, nn.Module]) -> Iterator[Tap
             yield Tap(name, m.mask_gate, "deform_conv", "sampling", lambda out: out, part="mask", meta=meta)
 
 
+def _timm_vit(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
+    """timm ViT/DeiT/DINO attention: unfused for the capture, softmax read at ``attn_drop``."""
+    if isinstance(m, TimmAttention) and ctx.patch_embed is not None:
+        yield Tap(
+            name, m.attn_drop, "vit", "token", _same,
+            grid_of=ctx.patch_embed, grid_from="output", attrs=((m, "fused_attn", False),),
+            meta={"prefix_names": ctx.prefix_names},
+        )  # fmt: skip
+
+
+def _tv_vit(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
+    """torchvision ViT: ``nn.MultiheadAttention`` asked for unaveraged per-head weights."""
+    if isinstance(m, nn.MultiheadAttention) and isinstance(ctx.model, TvViT):
+        yield Tap(
+            name, m, "vit", "token", _same, output_index=1,
+            call_kwargs={"need_weights": True, "average_attn_weights": False},
+            grid_of=ctx.patch_embed, grid_from="output", meta={"prefix_names": ctx.prefix_names},
+        )  # fmt: skip
+
+
+def _timm_swin(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
+    """timm Swin: ``WindowAttention.softmax`` -> ``[B*nW, heads, ws^2, ws^2]`` (rolled, then padded)."""
+    if isinstance(m, TimmSwinBlock):
+        meta = {"scheme": "timm_swin", "window": _pair(m.window_size), "shift": _pair(m.shift_size)}
+        yield Tap(
+            f"{name}.attn", m.attn.softmax, "swin", "window", _same, grid_of=m, grid_from="input_nhwc",
+            attrs=((m.attn, "fused_attn", False),), meta=meta,
+        )  # fmt: skip
+
+
+def _tv_swin(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
+    """torchvision Swin: the softmax inside ``shifted_window_attention`` (padded, then rolled)."""
+    if isinstance(m, TvShiftedWindowAttention):
+        meta = {"scheme": "tv_swin", "window": _pair(m.window_size), "shift": _pair(m.shift_size)}
+        yield Tap(name, m, "swin", "window", _same, intercept="softmax", grid_of=m, grid_from="input_nhwc",
+                  meta=meta)  # fmt: skip
+
+
+def _bot(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
+    """timm BottleneckAttn (BoTNet): global attention over the feature map, softmax inline."""
+    if isinstance(m, BottleneckAttn):
+        heads = m.num_heads
+        yield Tap(
+            name, m, "bot", "token", lambda out: out.unflatten(0, (-1, heads)), intercept="softmax", grid_of=m
+        )
+
+
+def _halo(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
+    """timm HaloAttn (HaloNet): blocks attend to their block plus a halo, softmax inline.
+
+    The softmax is ``[B*heads, blocks, bs^2, win^2]``; read as ``[B*blocks, heads, bs^2, win^2]``.
+    """
+    if isinstance(m, HaloAttn):
+        heads = m.num_heads
+        meta = {
+            "scheme": "halo",
+            "block_size": int(m.block_size),
+            "halo_size": int(m.halo_size),
+            "block_stride": int(m.block_stride),
+            "win_size": int(m.win_size),
+        }
+
+        def read(out: torch.Tensor) -> torch.Tensor:
+            return out.unflatten(0, (-1, heads)).transpose(1, 2).flatten(0, 1)
+
+        yield Tap(name, m, "halo", "window", read, intercept="softmax", grid_of=m, meta=meta)
+
+
+def _same(out: torch.Tensor) -> torch.Tensor:
+    return out
+
+
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
@@ -161,13 +277,19 @@ def _conv_label(path: nn.Module) -> str:
     return label
 
 
-_ADAPTERS: tuple[Callable[[str, nn.Module, dict[str, nn.Module]], Iterator[Tap]], ...] = (
+_ADAPTERS: tuple[Callable[[str, nn.Module, _Context], Iterator[Tap]], ...] = (
     _se,
     _eca,
     _sk,
     _split,
     _gc,
     _own,
+    _timm_vit,
+    _timm_swin,
+    _tv_vit,
+    _tv_swin,
+    _bot,
+    _halo,
 )
 
 
@@ -184,8 +306,9 @@ def find_taps(model: nn.Module) -> list[Tap]:
     for pname, pmod in model.named_modules():
         for cname, _ in pmod.named_children():
             parents[f"{pname}.{cname}" if pname else cname] = pmod
+    ctx = _Context(model, parents, *_token_layout(model))
     taps: list[Tap] = []
     for name, module in model.named_modules():
         for adapter in _ADAPTERS:
-            taps.extend(adapter(name, module, parents))
+            taps.extend(adapter(name, module, ctx))
     return taps

@@ -21,6 +21,7 @@ from .records import (
     SamplingPoints,
     SpatialMap,
     TokenAttention,
+    WindowAttention,
 )
 
 __all__ = ["analyze"]
@@ -90,6 +91,73 @@ def _deform_points(
     return _to_image_pixels(ref + delta, grid, input_hw), _to_image_pixels(ref, grid, input_hw), weights
 
 
+def _swin_indices(meta, grid: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Grid index of every (window, position) of a Swin block, -1 for padding; and the shift applied.
+
+    timm rolls the map by ``-shift`` and then pads it to a multiple of the window; torchvision pads
+    first, rolls the padded map, and uses no shift along an axis whose padded size fits in one
+    window (even when the module says otherwise). Windows are taken row-major over the shifted
+    frame, positions row-major inside each window.
+    """
+    h, w = grid
+    wy, wx = meta["window"]
+    hp, wp = -(-h // wy) * wy, -(-w // wx) * wx
+    sy, sx = meta["shift"]
+    if meta["scheme"] == "tv_swin":
+        sy, sx = (0 if wy >= hp else sy), (0 if wx >= wp else sx)
+        frame_h, frame_w = hp, wp  # rolled over the padded frame
+    else:
+        frame_h, frame_w = h, w  # rolled before padding
+    r = np.arange(hp).reshape(hp // wy, wy)  # [window row, local row] -> shifted-frame row
+    c = np.arange(wp).reshape(wp // wx, wx)
+    rows = np.where(r < frame_h, (r + sy) % frame_h, r)
+    cols = np.where(c < frame_w, (c + sx) % frame_w, c)
+    rr = rows[:, None, :, None]  # [nWy, 1, wy, 1]
+    cc = cols[None, :, None, :]  # [1, nWx, 1, wx]
+    inside = (rr < h) & (cc < w)
+    index = np.where(inside, rr * w + cc, -1).reshape(-1, wy * wx)
+    return index, (int(sy), int(sx))
+
+
+def _halo_indices(meta, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """HaloNet: (query index [blocks, bs^2] on the query grid, key index [blocks, win^2] on the input
+    grid with -1 for the zero padding, query grid). Blocks row-major; queries subsampled by the stride."""
+    h, w = grid
+    bs, halo, stride, win = meta["block_size"], meta["halo_size"], meta["block_stride"], meta["win_size"]
+    bq = bs // stride
+    nh, nw = h // bs, w // bs
+    hq, wq = h // stride, w // stride
+    by, bx = np.meshgrid(np.arange(nh), np.arange(nw), indexing="ij")
+    by, bx = by.reshape(-1, 1, 1), bx.reshape(-1, 1, 1)
+    ly, lx = np.meshgrid(np.arange(bq), np.arange(bq), indexing="ij")
+    query = ((by * bq + ly) * wq + (bx * bq + lx)).reshape(nh * nw, -1)
+    ky, kx = np.meshgrid(np.arange(win), np.arange(win), indexing="ij")
+    y, x = by * bs - halo + ky, bx * bs - halo + kx
+    key = np.where((y >= 0) & (y < h) & (x >= 0) & (x < w), y * w + x, -1).reshape(nh * nw, -1)
+    return query, key, (hq, wq)
+
+
+def _window_record(layer: str, tap, values: np.ndarray, block: int, grid, input_hw, untrained: bool):
+    """A :class:`WindowAttention` from windows ``[W, heads, Lq, Lk]`` and the block's input grid."""
+    meta = tap.meta
+    if meta["scheme"] == "halo":
+        query, key, qgrid = _halo_indices(meta, grid)
+        window, shift, kgrid = (meta["block_size"] // meta["block_stride"],) * 2, (0, 0), grid
+    else:
+        query, shift = _swin_indices(meta, grid)
+        key, qgrid, kgrid, window = query, grid, grid, meta["window"]
+    if query.shape != values.shape[::2] or key.shape[-1] != values.shape[-1]:
+        raise RuntimeError(
+            f"{layer}: captured windows {values.shape} do not match the expected layout "
+            f"{query.shape[0]} windows of {query.shape[1]} queries and {key.shape[1]} keys"
+        )
+    stride = (input_hw[0] / qgrid[0], input_hw[1] / qgrid[1])
+    key_stride = (input_hw[0] / kgrid[0], input_hw[1] / kgrid[1])
+    return WindowAttention(
+        layer, tap.kind, values, query, key, qgrid, stride, kgrid, key_stride, window, shift, block, untrained
+    )
+
+
 def _build(layer: str, parts: dict, block: int, grid, input_hw, untrained: bool) -> list[Record]:
     """The records of one attention module from its tapped parts ``{(record, part): (tap, value)}``."""
     out: list[Record] = []
@@ -120,14 +188,25 @@ def _build(layer: str, parts: dict, block: int, grid, input_hw, untrained: bool)
         elif record == "token":
             stride = (input_hw[0] / grid[0], input_hw[1] / grid[1])
             values = v if v.ndim == 3 else v[None]
-            out.append(TokenAttention(layer, tap.kind, values, grid, stride, block, 0, key_grid, untrained))
+            names = tuple(tap.meta.get("prefix_names", ()))
+            out.append(
+                TokenAttention(
+                    layer, tap.kind, values, grid, stride, block, len(names), key_grid, untrained, names
+                )
+            )
+        elif record == "window":
+            out.append(_window_record(layer, tap, v, block, grid, input_hw, untrained))
     return out
 
 
-def _records(model: LoadedModel, values, grids, input_hw: tuple[int, int], index: int) -> list[Record]:
+def _records(
+    model: LoadedModel, values, grids, input_hw: tuple[int, int], index: int, batch: int
+) -> list[Record]:
     """Records of image ``index``: one group per attention module, blocks numbered in forward order."""
     groups: dict[str, dict[tuple[str, str], tuple]] = {}
     for tap, value in values:
+        if tap.record == "window":  # [B*windows, ...], batch-major
+            value = value.reshape(batch, -1, *value.shape[1:])
         # a module that runs twice in one forward keeps its last call
         groups.setdefault(tap.layer, {})[(tap.record, tap.part)] = (tap, value[index].numpy())
     out: list[Record] = []
@@ -136,16 +215,36 @@ def _records(model: LoadedModel, values, grids, input_hw: tuple[int, int], index
     return out
 
 
-def _gradcam(model: LoadedModel, batch: torch.Tensor, targets: list[int]) -> np.ndarray:
+def _reshape_for(layout: str, grid: tuple[int, int] | None):
+    """pytorch-grad-cam's reshape step: the target layer's output -> ``[B, C, H, W]``."""
+    if layout == "nhwc":
+        return lambda t: t.permute(0, 3, 1, 2)
+    if layout == "tokens":
+        if grid is None:
+            raise RuntimeError("Grad-CAM on tokens needs the patch grid, which was not captured")
+        gh, gw = grid
+
+        def tokens(t: torch.Tensor) -> torch.Tensor:
+            # the grid tokens are the last gh*gw; the prefix tokens (class, registers) go
+            return t[:, -gh * gw :].reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
+
+        return tokens
+    return None
+
+
+def _gradcam(
+    model: LoadedModel, batch: torch.Tensor, targets: list[int], grid: tuple[int, int] | None = None
+) -> np.ndarray:
     """Grad-CAM maps [B, H, W] for ``targets`` from pytorch-grad-cam, hooks released in finally."""
     from pytorch_grad_cam import GradCAM as _GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     layer = model.module.get_submodule(model.spec.gradcam_layer)
+    reshape = _reshape_for(model.spec.gradcam_layout, grid)
     # Parameters stay frozen; the gradient flows from an input that requires it.
     x = batch.detach().clone().requires_grad_(True)
     with Capture(model.module, []), torch.enable_grad():
-        cam = _GradCAM(model=model.module, target_layers=[layer])
+        cam = _GradCAM(model=model.module, target_layers=[layer], reshape_transform=reshape)
         try:
             return cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
         finally:
@@ -166,7 +265,8 @@ def analyze(
         images: RGB PIL images (e.g. from :func:`attnviz.load_image`) or ``[H, W, 3]`` uint8 arrays.
         gradcam: also compute the Grad-CAM baseline for the top-1 class (one forward and
             backward more; the native maps need neither).
-        topk: how many predictions to keep.
+        topk: how many predictions to keep. Models without a classifier (DINO, DINOv2) give no
+            predictions and no Grad-CAM, only their attention.
 
     Returns:
         One :class:`Analysis` per image, in input order, with every captured record for every
@@ -176,17 +276,24 @@ def analyze(
         images = [images]
     if not images:
         raise ValueError("analyze needs at least one image")
-    if not 1 <= topk <= len(model.categories):
-        raise ValueError(f"topk must be in [1, {len(model.categories)}], got {topk}")
+    n_classes = len(model.categories)
+    if n_classes and not 1 <= topk <= n_classes:
+        raise ValueError(f"topk must be in [1, {n_classes}], got {topk}")
     pil = [_as_pil(img) for img in images]
     with model.lock:
         batch = model.preprocess(pil)
         with Capture(model.module, model.taps) as cap, torch.inference_mode():
             logits = model.module(batch)
         values, grids = cap.results(), cap.grids()
-        probs = torch.softmax(logits.float(), dim=-1).cpu()
-        top_p, top_i = probs.topk(topk, dim=-1)
-        cams = _gradcam(model, batch, top_i[:, 0].tolist()) if gradcam else None
+        cams = None
+        if n_classes:
+            probs = torch.softmax(logits.float(), dim=-1).cpu()
+            top_p, top_i = probs.topk(topk, dim=-1)
+            if gradcam:
+                token_grid = next(iter(grids.values()), None)
+                cams = _gradcam(model, batch, top_i[:, 0].tolist(), token_grid)
+        else:  # a feature extractor (DINO): attention only
+            top_p = top_i = torch.zeros(len(pil), 0)
     shown = _display_images(batch, model.mean, model.std)
     input_hw = (batch.shape[-2], batch.shape[-1])
 
@@ -196,7 +303,7 @@ def analyze(
             Prediction(int(c), model.categories[int(c)], float(p))
             for p, c in zip(top_p[i], top_i[i], strict=True)
         )
-        records = _records(model, values, grids, input_hw, i)
+        records = _records(model, values, grids, input_hw, i, len(pil))
         if cams is not None:
             target = top[0]
             records.append(

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 __all__ = ["Capture", "Tap"]
 
@@ -49,6 +50,19 @@ class Tap:
         grid_of: a module whose input ``[B, C, H, W]`` gives the record's feature grid (H, W),
             for records whose values do not show it (token attention, sampling points).
         meta: static facts the record builder needs (kernel size, stride, ...).
+        output_index: which element ``read`` gets when the module returns a tuple
+            (``nn.MultiheadAttention`` returns ``(output, weights)``).
+        call_kwargs: keyword arguments forced into the module's call for the capture (e.g.
+            ``need_weights=True``), through a forward pre-hook.
+        intercept: ``"softmax"`` reads every softmax computed inside ``module``'s forward instead
+            of its output, for attention whose softmax is an inline function or tensor method
+            (torchvision Swin, timm BoT/Halo). The module's ``forward`` is wrapped for the capture
+            only (an instance attribute removed in ``finally``); nothing global is patched.
+        attrs: ``(object, attribute, value)`` settings for the capture only, restored afterwards
+            (e.g. timm's ``fused_attn = False``, without which the attention matrix never exists).
+        grid_from: where ``grid_of`` shows the grid: ``"input"`` (``[B, C, H, W]`` input),
+            ``"input_nhwc"`` (``[B, H, W, C]`` input, Swin) or ``"output"`` (``[B, C, H, W]`` output,
+            a patch-embedding convolution).
     """
 
     layer: str
@@ -60,6 +74,29 @@ class Tap:
     part: str = "value"
     grid_of: nn.Module | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    output_index: int = 0
+    call_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    intercept: Literal["softmax"] | None = None
+    attrs: tuple[tuple[object, str, Any], ...] = ()
+    grid_from: Literal["input", "input_nhwc", "output"] = "input"
+
+
+_SOFTMAX_FUNCS = frozenset({torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax})
+
+
+class _SoftmaxRecorder(TorchFunctionMode):
+    """Records the output of every softmax computed while active (a torch function mode: scoped to
+    the ``with`` block, nothing is patched)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in _SOFTMAX_FUNCS:
+            self.outputs.append(out)
+        return out
 
 
 class Capture:
@@ -91,11 +128,18 @@ class Capture:
             self._training = [(m, m.training) for m in self.model.modules()]
             self.model.eval()
             for tap in self.taps:
-                self._handles.append(tap.module.register_forward_hook(self._hook_for(tap)))
-                if tap.grid_of is not None:
+                for obj, name, value in tap.attrs:
+                    self.set_attr(obj, name, value)
+                if tap.intercept is not None:
+                    self.set_attr(tap.module, "forward", self._intercepting(tap))
+                else:
+                    self._handles.append(tap.module.register_forward_hook(self._hook_for(tap)))
+                if tap.call_kwargs:
                     self._handles.append(
-                        tap.grid_of.register_forward_pre_hook(self._grid_hook_for(tap.layer))
+                        tap.module.register_forward_pre_hook(self._kwargs_hook_for(tap), with_kwargs=True)
                     )
+                if tap.grid_of is not None:
+                    self._handles.append(self._grid_hook_for(tap))
         except BaseException:
             self._restore()
             raise
@@ -111,20 +155,51 @@ class Capture:
         self._attrs.append((obj, name, getattr(obj, name, _MISSING)))
         setattr(obj, name, value)
 
+    def _store(self, tap: Tap, out: torch.Tensor) -> None:
+        # A copy: later in-place ops of the network (residual adds, in-place activations)
+        # must not change what was captured.
+        self._values.append((tap, tap.read(out.detach()).to(torch.float32, copy=True)))
+
     def _hook_for(self, tap: Tap) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            out = output[0] if isinstance(output, tuple) else output
-            # A copy: later in-place ops of the network (residual adds, in-place activations)
-            # must not change what was captured.
-            self._values.append((tap, tap.read(out.detach()).to(torch.float32, copy=True)))
+            self._store(tap, output[tap.output_index] if isinstance(output, tuple) else output)
 
         return hook
 
-    def _grid_hook_for(self, layer: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple) -> None:
-            self._grids[layer] = (int(args[0].shape[-2]), int(args[0].shape[-1]))
+    def _intercepting(self, tap: Tap) -> Callable[..., Any]:
+        original = tap.module.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            with _SoftmaxRecorder() as recorder:
+                out = original(*args, **kwargs)
+            for value in recorder.outputs:
+                self._store(tap, value)
+            return out
+
+        return forward
+
+    @staticmethod
+    def _kwargs_hook_for(tap: Tap) -> Callable[..., tuple]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+            return args, {**kwargs, **tap.call_kwargs}
 
         return hook
+
+    def _grid_hook_for(self, tap: Tap) -> torch.utils.hooks.RemovableHandle:
+        layer, source = tap.layer, tap.grid_from
+
+        def from_input(module: nn.Module, args: tuple) -> None:
+            shape = args[0].shape
+            hw = shape[1:3] if source == "input_nhwc" else shape[-2:]
+            self._grids[layer] = (int(hw[0]), int(hw[1]))
+
+        def from_output(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            self._grids[layer] = (int(output.shape[-2]), int(output.shape[-1]))
+
+        module: nn.Module = tap.grid_of  # type: ignore[assignment]  # only called when set
+        if source == "output":
+            return module.register_forward_hook(from_output)
+        return module.register_forward_pre_hook(from_input)
 
     def _restore(self) -> None:
         try:

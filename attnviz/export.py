@@ -18,6 +18,10 @@ get the same layout::
         channels_heatmap.html
         gate_stats.html
         block03_channels.html         one bar chart per ChannelWeights record
+        head_grid.png                 transformers: every layer (rows) x head (columns) summary map
+        rollout.png                   attention rollout (ViTs: every block keeps the same tokens)
+        head_stats.html               per-head mean attention distance and entropy by layer
+        prefix_attention.html         attention to the class/distillation/register tokens by layer
 
 Folder names keep only ``[A-Za-z0-9._-]``, never start with a dot and are made unique (also
 case-insensitively, for the file systems that fold case) with a ``-2``, ``-3``... suffix.
@@ -44,7 +48,7 @@ import numpy as np
 import plotly.offline
 from PIL import Image
 
-from . import render
+from . import render, vit
 from .maps import record_map
 from .records import Analysis, ChannelWeights, GradCAM, SamplingPoints, SpatialMap
 
@@ -301,6 +305,10 @@ def _export_one(
             )
         records.append(entry)
 
+    transformer = _transformer_views(analysis, add, cmap, alpha)
+    if transformer:
+        listing.update(transformer.pop("files"))
+
     return {
         "image": image,
         "model": analysis.model,
@@ -314,7 +322,63 @@ def _export_one(
         ],
         "files": listing,
         "records": records,
+        **({"transformer": transformer} if transformer else {}),
     }
+
+
+def _short(layer: str) -> str:
+    return layer.removesuffix(".attn").removesuffix(".self_attention")
+
+
+def _transformer_views(analysis: Analysis, add, cmap: str, alpha: float) -> dict[str, Any] | None:
+    """The transformer views of an analysis with self-attention (attnviz.vit): the layer x head grid,
+    attention rollout (when every block keeps the same tokens), head distance and entropy, and the
+    attention to prefix tokens; their files and their numbers for ``summary.json``."""
+    grid = vit.head_grid(analysis)
+    if not grid.layers:
+        return None
+    picture = analysis.input_image
+    files = {
+        "head_grid": add(
+            "head_grid.png", _png(render.head_grid_image(picture, grid.maps, cmap=cmap, alpha=alpha))
+        )
+    }
+    stats = vit.head_statistics(analysis)
+    labels = [_short(layer) for layer in stats.layers]
+    files["head_stats"] = add(
+        "head_stats.html", _html(render.head_stats_figure(labels, stats.distance, stats.entropy))
+    )
+    out: dict[str, Any] = {
+        "layers": list(grid.layers),
+        "heads": [int(m.shape[0]) for m in grid.maps],
+        "head_grid": {"rows": "layers", "columns": "heads", "how": grid.how},
+        "head_distance_px": [[_finite(v) for v in d] for d in stats.distance],
+        "head_entropy_nats": [[_finite(v) for v in e] for e in stats.entropy],
+        "max_entropy_nats": [_finite(v) for v in stats.max_entropy],
+    }
+    if vit.rollout_supported(analysis):
+        roll = vit.rollout(analysis)
+        files["rollout"] = add(
+            "rollout.png", _png(render.overlay(picture, roll.values, cmap=cmap, alpha=alpha))
+        )
+        out["rollout"] = {
+            "how": roll.how,
+            "rows": [int(r) for r in roll.rows],
+            "prefix_mass": {n: _finite(v) for n, v in zip(roll.prefix_names, roll.prefix_mass, strict=True)},
+        }
+    prefix = vit.prefix_attention(analysis)
+    if prefix is not None:
+        fig = render.prefix_attention_figure(
+            prefix.names, [_short(layer) for layer in prefix.layers], prefix.values, prefix.grid_mass
+        )
+        files["prefix_attention"] = add("prefix_attention.html", _html(fig))
+        out["prefix_attention"] = {
+            "names": list(prefix.names),
+            "values": [[_finite(v) for v in row] for row in prefix.values],
+            "grid_mass": [_finite(v) for v in prefix.grid_mass],
+        }
+    out["files"] = files
+    return out
 
 
 def export_files(

@@ -5,8 +5,11 @@ Each record kind has one documented reduction to a map over the model input:
 * ``SpatialMap`` (CBAM spatial gate, GC context softmax): the map itself.
 * ``AxisGates`` (coordinate attention): the channel mean of ``h[c, i] * w[c, j]``, the factor
   the block multiplies position (i, j) by on average.
-* ``TokenAttention`` with keys on the query grid (non-local, MHSA): the attention each position
-  *receives*, averaged over heads and queries (a column mean of the attention matrix).
+* ``TokenAttention`` with keys on the query grid (non-local, MHSA, ViTs, BoTNet) and
+  ``WindowAttention`` (Swin, HaloNet): :func:`attnviz.vit.summary_map` averaged over heads: the
+  class token's attention to the patches (the mean of the class and distillation rows for
+  distilled DeiT), or for models without a class token the attention each position *receives*,
+  averaged over queries (a column mean of the attention matrix).
 * ``SamplingPoints`` (DAT, deformable conv): the points' weights (DAT: attention received per
   sampled key; deformable conv: modulation mask, or 1) splatted bilinearly onto the feature
   grid at the sampled positions: where the module reads from.
@@ -22,7 +25,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .records import Analysis, AxisGates, GradCAM, Record, SamplingPoints, SpatialMap, TokenAttention
+from .records import (
+    Analysis,
+    AxisGates,
+    GradCAM,
+    Record,
+    SamplingPoints,
+    SpatialMap,
+    TokenAttention,
+    WindowAttention,
+)
+from .vit import fuse_heads, is_self_attention, summary_map
 
 __all__ = ["AttentionMap", "attention_maps", "record_map", "splat"]
 
@@ -95,11 +108,15 @@ def record_map(record: Record, input_hw: tuple[int, int]) -> AttentionMap | None
     if isinstance(record, AxisGates):
         how = "channel mean of the row gate times the column gate"
         return AttentionMap(record.layer, record.kind, record.block, record.values, how)
-    if isinstance(record, TokenAttention) and record.key_grid is None:
-        patches = record.values[:, :, record.prefix_tokens :]
-        received = patches.mean(axis=(0, 1)).reshape(record.grid)
-        how = "attention received per position, mean over heads and queries"
-        return AttentionMap(record.layer, record.kind, record.block, received, how)
+    if isinstance(record, TokenAttention | WindowAttention) and is_self_attention(record):
+        values = fuse_heads(summary_map(record), "mean")
+        if isinstance(record, TokenAttention) and record.prefix_names[:1] == ("cls",):
+            how = "class-token attention to the patches" + (
+                " (mean with the distillation token)" if "dist" in record.prefix_names else ""
+            )
+        else:
+            how = "attention received per position, mean over queries"
+        return AttentionMap(record.layer, record.kind, record.block, values, how + ", mean over heads")
     if isinstance(record, SamplingPoints):
         pts = record.points.reshape(-1, 2)
         wts = np.ones(len(pts)) if record.weights is None else record.weights.reshape(-1)

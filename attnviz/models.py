@@ -63,7 +63,11 @@ class ModelSpec:
         weights_file: the checkpoint file name the pretrained weights come in.
         weights_path: where that file is (or would be) in the library's cache.
         description: one line for the UI.
-        gradcam_layer: qualified name of the layer Grad-CAM explains.
+        gradcam_layer: qualified name of the layer Grad-CAM explains; empty for models without a
+            classifier (self-supervised DINO/DINOv2 features), which get no predictions or Grad-CAM.
+        gradcam_layout: the layout of that layer's output: ``"nchw"`` (CNNs), ``"tokens"``
+            (``[B, prefix + H*W, C]``, ViTs) or ``"nhwc"`` (Swin).
+        build_kwargs: extra arguments the library's constructor gets (e.g. DINOv2 at 224 px).
     """
 
     name: str
@@ -75,6 +79,13 @@ class ModelSpec:
     weights_path: str
     description: str
     gradcam_layer: str
+    gradcam_layout: str = "nchw"
+    build_kwargs: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def classifier(self) -> bool:
+        """True when the model predicts classes (and so has top-5 and Grad-CAM)."""
+        return bool(self.gradcam_layer)
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,8 @@ class _Entry:
     input_size: tuple[int, int]
     description: str
     gradcam_layer: str
+    gradcam_layout: str = "nchw"
+    build_kwargs: tuple[tuple[str, object], ...] = ()
 
 
 _MODELS: dict[str, _Entry] = {
@@ -106,6 +119,29 @@ _MODELS: dict[str, _Entry] = {
                "ResNeSt-14d: split attention, softmax over 2 radix splits per channel", "layer4"),
         _Entry("gcresnext26ts", "timm", ("gc_context", "gc_add"), (256, 256),
                "GC-ResNeXt-26-TS: global-context map over positions plus a channel add term", "stages.3"),
+        _Entry("deit_tiny_patch16_224", "timm", ("vit",), (224, 224),
+               "DeiT-Tiny: ViT, 12 layers x 3 heads, class token", "blocks.11.norm1", "tokens"),
+        _Entry("deit_small_patch16_224", "timm", ("vit",), (224, 224),
+               "DeiT-Small: ViT, 12 layers x 6 heads, class token", "blocks.11.norm1", "tokens"),
+        _Entry("deit_tiny_distilled_patch16_224", "timm", ("vit",), (224, 224),
+               "DeiT-Tiny distilled: class and distillation tokens, averaged at inference",
+               "blocks.11.norm1", "tokens"),
+        _Entry("vit_small_patch16_224.dino", "timm", ("vit",), (224, 224),
+               "DINO ViT-S/16: self-supervised features, no classifier (attention only)", ""),
+        _Entry("vit_small_patch14_reg4_dinov2", "timm", ("vit",), (224, 224),
+               "DINOv2 ViT-S/14 with 4 register tokens, run at 224 px; no classifier", "", "tokens",
+               (("img_size", 224),)),
+        _Entry("swin_tiny_patch4_window7_224", "timm", ("swin",), (224, 224),
+               "Swin-T (timm): shifted 7x7 windows, 4 stages", "layers.3.blocks.1.norm1", "nhwc"),
+        _Entry("botnet26t_256", "timm", ("bot",), (256, 256),
+               "BoTNet-26T: global multi-head self-attention in the last ResNet stages", "stages.3"),
+        _Entry("halonet26t", "timm", ("halo",), (256, 256),
+               "HaloNet-26T: blocked local self-attention with a halo", "stages.3"),
+        _Entry("vit_b_16", "torchvision", ("vit",), (224, 224),
+               "ViT-B/16 (torchvision): 12 layers x 12 heads, class token",
+               "encoder.layers.encoder_layer_11.ln_1", "tokens"),
+        _Entry("swin_t", "torchvision", ("swin",), (224, 224),
+               "Swin-T (torchvision): shifted 7x7 windows, 4 stages", "features.7.1.norm1", "nhwc"),
         _Entry("resnet50", "torchvision", (), (224, 224),
                "ResNet-50: no attention module, the Grad-CAM baseline", "layer4"),
     )
@@ -210,6 +246,8 @@ def _spec(entry: _Entry) -> ModelSpec:
         weights_path=str(path),
         description=entry.description,
         gradcam_layer=entry.gradcam_layer,
+        gradcam_layout=entry.gradcam_layout,
+        build_kwargs=entry.build_kwargs,
     )
 
 
@@ -455,13 +493,16 @@ def _build(entry: _Entry, pretrained_file: Path | None):
     import timm
     from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
-    kwargs = {}
+    kwargs: dict[str, object] = dict(entry.build_kwargs)
     if pretrained_file is not None:
-        kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(pretrained_file)}}
+        kwargs |= {"pretrained": True, "pretrained_cfg_overlay": {"file": str(pretrained_file)}}
     module = timm.create_model(entry.name, **kwargs)
-    cfg = resolve_data_config({}, model=module)
+    overrides = {"input_size": (3, *entry.input_size)} if "img_size" in kwargs else {}
+    cfg = resolve_data_config(overrides, model=module)
     info = ImageNetInfo()
-    categories = tuple(info.index_to_description(i) for i in range(module.num_classes))
+    # Self-supervised backbones (DINO) have no classifier: no classes, no predictions.
+    n_classes = module.num_classes if entry.gradcam_layer else 0
+    categories = tuple(info.index_to_description(i) for i in range(n_classes))
     return module, create_transform(**cfg), tuple(cfg["mean"]), tuple(cfg["std"]), categories
 
 

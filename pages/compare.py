@@ -31,9 +31,10 @@ import streamlit as st
 from PIL import Image
 
 import attnviz
-from attnviz import render
+from attnviz import render, vit
 from attnviz.export import export_files, zip_bundle
 from attnviz.imageio import ALLOWED_EXTENSIONS
+from attnviz.maps import AttentionMap, record_map
 from attnviz.samples import list_samples, load_sample
 from attnviz.scenes import CLASSES, SceneParams, make_scene
 from ui import Settings, cached_model, require_app, store
@@ -72,6 +73,19 @@ RESULTS_KEY = "compare_results"
 FAILURES_KEY = "compare_failures"
 LAST_RUN_KEY = "compare_last_run"
 CHECKED_KEY = "compare_checked"
+VIT_MODEL_KEY = "compare_vit_model"
+VIT_LAYER_KEY = "compare_vit_layer"
+VIT_HEAD_KEY = "compare_vit_head"
+VIT_FUSION_KEY = "compare_vit_fusion"
+QUERY_Y_KEY = "compare_query_y"
+QUERY_X_KEY = "compare_query_x"
+QUERY_SEEN_KEY = "compare_query_seen"
+ROLLOUT_DISCARD_KEY = "compare_rollout_discard"
+ROLLOUT_FUSION_KEY = "compare_rollout_fusion"
+RENDERS_KEY = "compare_renders"
+
+# Rendered transformer pictures kept per session (PNG bytes), the oldest dropped first.
+MAX_RENDERS = 48
 
 _WEIGHTS_HINT = (
     "Switch **Weights** in the sidebar to **random** to run this architecture untrained, or see the "
@@ -165,21 +179,24 @@ def depth_to_block(depth_percent: float, blocks: int) -> int:
     return min(blocks - 1, math.floor(frac * (blocks - 1) + 0.5))
 
 
-def block_records(analysis: attnviz.Analysis, position: int) -> tuple[str, tuple, tuple]:
-    """The layer name, channel weights and spatial maps of the block at ``position``.
+def block_records(analysis: attnviz.Analysis, position: int) -> tuple[str, tuple, tuple[AttentionMap, ...]]:
+    """The layer name, channel weights and heat maps of the block at ``position``.
 
     Args:
         analysis: one result.
         position: index into ``analysis.blocks`` (0 = first captured block).
 
     Returns:
-        ``(layer, channel_weights, spatial_maps)`` of that block.
+        ``(layer, channel_weights, maps)`` of that block; ``maps`` holds one
+        :class:`attnviz.maps.AttentionMap` per record with a spatial reading (spatial gates,
+        context maps, axis gates, token and window attention, sampling points).
     """
     block = analysis.blocks[position]
-    channels = tuple(r for r in analysis.channel_weights if r.block == block)
-    spatial = tuple(r for r in analysis.spatial_maps if r.block == block)
-    layer = (channels or spatial)[0].layer
-    return layer, channels, spatial
+    records = [r for r in analysis.records if not isinstance(r, attnviz.GradCAM) and r.block == block]
+    channels = tuple(r for r in records if isinstance(r, attnviz.ChannelWeights))
+    input_hw = analysis.input_image.shape[:2]
+    maps = tuple(m for m in (record_map(r, input_hw) for r in records) if m is not None)
+    return records[0].layer, channels, maps
 
 
 def channel_csv(cw: attnviz.ChannelWeights) -> bytes:
@@ -484,9 +501,12 @@ def _column(
     cmap, alpha = settings.cmap, settings.alpha
     img = analysis.input_image
 
-    st.plotly_chart(_compact(render.top5_bar(analysis.top5), 260), key=f"compare_top5_{model}")
-    _download("Top-5 (CSV)", functools.partial(top5_csv, analysis), f"{stem}_top5.csv", "text/csv",
-              f"compare_dl_top5_{model}")  # fmt: skip
+    if analysis.top5:
+        st.plotly_chart(_compact(render.top5_bar(analysis.top5), 260), key=f"compare_top5_{model}")
+        _download("Top-5 (CSV)", functools.partial(top5_csv, analysis), f"{stem}_top5.csv", "text/csv",
+                  f"compare_dl_top5_{model}")  # fmt: skip
+    else:
+        st.caption(f"{model} has no classifier (self-supervised features): no predictions, no Grad-CAM.")
 
     cam = analysis.gradcam
     if cam is not None:
@@ -502,25 +522,25 @@ def _column(
         st.caption(f"{model} has no attention blocks (baseline): only Grad-CAM applies.")
         return
     total = len(analysis.blocks)
-    layer, channels, spatial = block_records(analysis, position)
+    layer, channels, maps = block_records(analysis, position)
     st.markdown(f"**Block {position + 1} of {total}** (index {position}) · `{layer}`")
 
-    if not analysis.spatial_maps:
+    if not any(r for r in analysis.records if not isinstance(r, attnviz.ChannelWeights | attnviz.GradCAM)):
         st.caption(f"{model} has no spatial attention map: its attention weighs channels only.")
-    elif not spatial:
+    elif not maps:
         st.caption("No spatial attention map at this block.")
-    for k, sm in enumerate(spatial):
-        h, w = sm.values.shape
+    for k, amap in enumerate(maps):
+        h, w = amap.values.shape
         st.image(
-            render.overlay(img, sm.values, cmap=cmap, alpha=alpha),
-            caption=f"{sm.kind} map at {sm.layer} ({h}x{w} cells, stride {sm.stride[0]:g}px)",
+            render.overlay(img, amap.values, cmap=cmap, alpha=alpha),
+            caption=f"{amap.kind} at {amap.layer} ({h}x{w} cells): {amap.how}",
             width="stretch",
         )
-        _download("Spatial map (PNG)", functools.partial(overlay_png, img, sm.values, cmap, alpha),
-                  f"{stem}_block{position:02d}_{sm.kind}.png", "image/png",
+        _download("Attention map (PNG)", functools.partial(overlay_png, img, amap.values, cmap, alpha),
+                  f"{stem}_block{position:02d}_{amap.kind}.png", "image/png",
                   f"compare_dl_spatial_{model}_{k}")  # fmt: skip
 
-    if not channels:
+    if not channels and analysis.channel_weights:
         st.caption("No channel weights at this block.")
     for k, cw in enumerate(channels):
         st.plotly_chart(_compact(render.channel_bar(cw, sort=sort), 320), key=f"compare_channels_{model}_{k}")
@@ -528,6 +548,8 @@ def _column(
                   f"{stem}_block{position:02d}_{cw.kind}.csv", "text/csv",
                   f"compare_dl_channels_{model}_{k}")  # fmt: skip
 
+    if not analysis.channel_weights:
+        return
     with st.expander("All blocks × channels"):
         st.plotly_chart(
             _compact(render.block_channel_heatmap(analysis.channel_weights), 360),
@@ -537,6 +559,216 @@ def _column(
         st.plotly_chart(
             _compact(render.gate_stats_figure(analysis.channel_weights), 360), key=f"compare_stats_{model}"
         )
+
+
+def _cached_png(key: tuple, draw: Callable[[], Image.Image]) -> bytes:
+    """PNG bytes of ``draw()``, kept in this session under ``key`` (lazy, rendered once per key)."""
+    renders: dict = store(RENDERS_KEY)
+    if key not in renders:
+        renders[key] = render.to_png_bytes(draw())
+        _trim(renders, MAX_RENDERS, keep=[key])
+    return renders[key]
+
+
+def _layer_label(record) -> str:
+    return f"{record.block}: {record.layer.removesuffix('.attn').removesuffix('.self_attention')}"
+
+
+def _point_of_click(event) -> tuple[float, float] | None:
+    """The (y, x) pixel of the token clicked in :func:`attnviz.render.query_figure`, or None."""
+    try:
+        points = event.selection.points if event is not None else []
+    except AttributeError:
+        points = []
+    for point in points:
+        custom = point.get("customdata") if isinstance(point, dict) else None
+        if custom is not None and len(custom) == 4:
+            return float(custom[2]), float(custom[3])
+    return None
+
+
+def _query_point(model: str, record, picture) -> tuple[float, float]:
+    """Draw the clickable query picker and the pixel sliders; return the query pixel (y, x).
+
+    A click on a patch (:func:`attnviz.render.query_figure` reports the token's centre) moves the
+    sliders; the sliders also set the point directly (and are what tests drive).
+    """
+    h, w = picture.shape[:2]
+    if QUERY_Y_KEY not in st.session_state:
+        st.session_state[QUERY_Y_KEY] = h // 2
+        st.session_state[QUERY_X_KEY] = w // 2
+    st.session_state[QUERY_Y_KEY] = min(int(st.session_state[QUERY_Y_KEY]), h - 1)
+    st.session_state[QUERY_X_KEY] = min(int(st.session_state[QUERY_X_KEY]), w - 1)
+    pick, controls = st.columns([3, 2])
+    with pick:
+        point = (float(st.session_state[QUERY_Y_KEY]), float(st.session_state[QUERY_X_KEY]))
+        fig = render.query_figure(
+            picture, record.grid, record.stride, point, title="Click a patch to query it"
+        )
+        event = st.plotly_chart(
+            _compact(fig, 380), on_select="rerun", selection_mode="points", key=f"compare_query_click_{model}"
+        )
+    clicked = _point_of_click(event)
+    if clicked is not None and st.session_state.get(QUERY_SEEN_KEY) != (model, clicked):
+        # A selection persists across reruns: apply each click once, so the sliders stay usable.
+        st.session_state[QUERY_SEEN_KEY] = (model, clicked)
+        st.session_state[QUERY_Y_KEY] = min(max(round(clicked[0]), 0), h - 1)
+        st.session_state[QUERY_X_KEY] = min(max(round(clicked[1]), 0), w - 1)
+    with controls:
+        st.slider("Query pixel y (row)", 0, h - 1, key=QUERY_Y_KEY)
+        st.slider("Query pixel x (column)", 0, w - 1, key=QUERY_X_KEY)
+    return float(st.session_state[QUERY_Y_KEY]), float(st.session_state[QUERY_X_KEY])
+
+
+def _heads_tab(rkey: tuple, analysis: attnviz.Analysis, records, index: int, settings: Settings) -> None:
+    """Layer x head grid of the summary maps, and the chosen layer's fused or single-head map."""
+    picture, cmap, alpha = analysis.input_image, settings.cmap, settings.alpha
+    record = records[index]
+    maps = vit.summary_map(record)
+    left, right = st.columns(2)
+    with left:
+        fusion = st.segmented_control(
+            "Head fusion", ["mean", "max"], default="mean", key=VIT_FUSION_KEY,
+            help="How the heads of a layer are combined into one map.",
+        ) or "mean"  # fmt: skip
+    with right:
+        options = ["all heads", *(f"head {h}" for h in range(record.heads))]
+        choice = st.selectbox("Head", options, key=f"{VIT_HEAD_KEY}_{record.heads}")
+    if choice == "all heads":
+        heat, what = vit.fuse_heads(maps, fusion), f"{fusion} over {record.heads} heads"
+    else:
+        head = int(choice.split()[1])
+        heat, what = maps[head], choice
+    grid = vit.head_grid(records)
+    st.image(
+        render.overlay(picture, heat, cmap=cmap, alpha=alpha),
+        caption=f"Layer {_layer_label(record)}, {what}: {grid.how.split('; ')[0]}",
+        width=420,
+    )
+    png = _cached_png(
+        (*rkey, "head_grid", cmap, alpha),
+        lambda: render.head_grid_image(picture, grid.maps, cmap=cmap, alpha=alpha, tile=64),
+    )
+    st.image(
+        png,
+        caption=f"Every layer (rows, first at the top) × head (columns): {grid.how}. Each tile is scaled "
+        "on its own.",
+    )
+    prefix = vit.prefix_attention(records)
+    if prefix is not None:
+        labels = [_layer_label(r) for r in records]
+        fig = render.prefix_attention_figure(prefix.names, labels, prefix.values, prefix.grid_mass)
+        fig.update_layout(title="Where the image-level token's attention goes: prefix tokens vs patches")
+        st.plotly_chart(_compact(fig, 340), key=f"compare_vit_prefix_{analysis.model}")
+        if any(n.startswith("reg") for n in prefix.names):
+            st.caption(
+                "Register tokens absorb attention that would otherwise land on background patches; the "
+                "maps above show the patches only, so register mass is missing from them, not spread."
+            )
+
+
+def _query_tab(analysis: attnviz.Analysis, records, index: int, settings: Settings) -> None:
+    """Where the patch under a chosen pixel attends: per head of the chosen layer, and per layer."""
+    picture, cmap, alpha = analysis.input_image, settings.cmap, settings.alpha
+    record = records[index]
+    point = _query_point(analysis.model, record, picture)
+    qmap = vit.query_map(record, point)
+    marked = render.mark_point(picture, point)
+    row, col = qmap.query
+    extra = ""
+    if qmap.prefix_mass.size:
+        names = record.prefix_names or tuple(f"prefix{i}" for i in range(qmap.prefix_mass.shape[1]))
+        shares = ", ".join(f"{n} {v:.1%}" for n, v in zip(names, qmap.prefix_mass.mean(0), strict=True))
+        extra = f" Attention to prefix tokens (mean over heads): {shares}."
+    if float(qmap.padding_mass.max()) > 0:
+        extra += f" Attention to padding outside the map: {float(qmap.padding_mass.mean()):.1%}."
+    st.markdown(
+        f"**Query token ({row}, {col})** of layer {_layer_label(record)} at pixel "
+        f"({point[0]:.0f}, {point[1]:.0f}).{extra}"
+    )
+    heads = [
+        render.overlay(marked, qmap.values[h], cmap=cmap, alpha=alpha) for h in range(qmap.values.shape[0])
+    ]
+    st.image(
+        [render.overlay(marked, vit.fuse_heads(qmap.values, "mean"), cmap=cmap, alpha=alpha), *heads],
+        caption=["mean of heads", *(f"head {h}" for h in range(len(heads)))],
+        width=150,
+    )
+    st.caption("The same point queried in every layer (mean over heads):")
+    per_layer, captions = [], []
+    for r in records:
+        q = vit.query_map(r, point)
+        per_layer.append(render.overlay(marked, vit.fuse_heads(q.values, "mean"), cmap=cmap, alpha=alpha))
+        captions.append(f"layer {_layer_label(r)}, token {q.query}")
+    st.image(per_layer, caption=captions, width=110)
+
+
+def _rollout_tab(analysis: attnviz.Analysis, records, settings: Settings) -> None:
+    """Attention rollout with its options, or why it does not apply."""
+    try:
+        vit.rollout(records)
+    except ValueError as err:
+        st.info(f"Rollout does not apply to {analysis.model}: {err}", icon=":material/info:")
+        return
+    left, right = st.columns(2)
+    with left:
+        fusion = st.selectbox("Head fusion", ["mean", "max", "min"], key=ROLLOUT_FUSION_KEY)
+    with right:
+        discard = st.slider(
+            "Discard ratio", 0.0, 0.95, 0.0, step=0.05, key=ROLLOUT_DISCARD_KEY,
+            help="Zero this share of the weakest patch columns in every row before mixing; prefix "
+            "tokens are never discarded.",
+        )  # fmt: skip
+    roll = vit.rollout(records, head_fusion=fusion, discard_ratio=discard)
+    shares = ", ".join(f"{n} {v:.1%}" for n, v in zip(roll.prefix_names, roll.prefix_mass, strict=True))
+    st.image(
+        render.overlay(analysis.input_image, roll.values, cmap=settings.cmap, alpha=settings.alpha),
+        caption=f"Rollout through {len(roll.layers)} layers: {roll.how}",
+        width=420,
+    )
+    if shares:
+        st.caption(f"Mass of the read row on the prefix tokens: {shares}.")
+
+
+def _stats_tab(analysis: attnviz.Analysis, records) -> None:
+    """Per-head mean attention distance and entropy by layer."""
+    stats = vit.head_statistics(records)
+    fig = render.head_stats_figure([_layer_label(r) for r in records], stats.distance, stats.entropy)
+    st.plotly_chart(_compact(fig, 520), key=f"compare_vit_stats_{analysis.model}")
+    st.caption(stats.how)
+
+
+def _transformer_views(config: RunConfig, image: ImageRef, analyses: dict, settings: Settings) -> None:
+    """Below the columns: every layer and head of the transformers' self-attention."""
+    with_attention = [m for m, a in analyses.items() if a is not None and vit.self_attention_records(a)]
+    if not with_attention:
+        return
+    st.divider()
+    st.subheader("Self-attention: layers, heads, query points, rollout")
+    model = with_attention[0]
+    if len(with_attention) > 1:
+        model = st.segmented_control("Model", with_attention, default=model, key=VIT_MODEL_KEY) or model
+    analysis = analyses[model]
+    records = vit.self_attention_records(analysis)
+    index = 0
+    if len(records) > 1:
+        index = st.select_slider(
+            "Layer",
+            options=list(range(len(records))),
+            value=len(records) - 1,
+            format_func=lambda i: _layer_label(records[i]),
+            key=f"{VIT_LAYER_KEY}_{len(records)}",
+        )
+    rkey = config.result_key(image, model)
+    heads, query, roll, stats = st.tabs(["Heads × layers", "Query point", "Rollout", "Head statistics"])
+    with heads:
+        _heads_tab(rkey, analysis, records, index, settings)
+    with query:
+        _query_tab(analysis, records, index, settings)
+    with roll:
+        _rollout_tab(analysis, records, settings)
+    with stats:
+        _stats_tab(analysis, records)
 
 
 def _results(config: RunConfig, settings: Settings) -> None:
@@ -572,6 +804,8 @@ def _results(config: RunConfig, settings: Settings) -> None:
                 settings,
                 sort,
             )
+
+    _transformer_views(config, image, analyses, settings)
 
     items = [
         (ref.label, results[config.result_key(ref, m)])

@@ -338,3 +338,69 @@ def test_channel_csv(compare_page: ModuleType) -> None:
 def test_upload_key_depends_on_content_only(compare_page: ModuleType) -> None:
     assert compare_page.upload_key(b"abc") == compare_page.upload_key(b"abc")
     assert compare_page.upload_key(b"abc") != compare_page.upload_key(b"abd")
+
+
+# --------------------------------------------------------------------------------------------------
+# Transformers next to CNNs
+# --------------------------------------------------------------------------------------------------
+
+
+def markdown_texts(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown]
+
+
+def all_image_captions(element) -> list[str]:
+    """Captions of every picture under ``element`` (st.image with a list gives several)."""
+    return [img.caption for el in element.image for img in el.proto.imgs]
+
+
+@pytest.mark.slow
+def test_vit_and_cnn_side_by_side_with_query_point() -> None:
+    at = open_app()
+    models = ["deit_tiny_distilled_patch16_224", "mobilenet_v3_large"]
+    at.multiselect(key="compare_models").set_value(models).run()
+    at.button(key="compare_run").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+    vit_col = model_column(at, models[0])
+    assert block_caption(at, models[0]).startswith("**Block 12 of 12**")
+    # Grad-CAM (token layout) and the block's class+distillation attention map
+    assert len(vit_col.image) == 2
+    caption = all_image_captions(vit_col)[1]
+    assert "class-token attention to the patches (mean with the distillation token)" in caption
+    assert len(model_column(at, models[1]).image) == 1  # SE only: Grad-CAM
+
+    # Below the columns: the layer x head views of the transformer only.
+    assert any(s.value.startswith("Self-attention") for s in at.subheader)
+    captions = all_image_captions(at)
+    assert any(c.startswith("Every layer (rows") for c in captions)
+    rollout = [c for c in captions if c.startswith("Rollout through 12 layers")]
+    assert rollout and "mean of rows 0 (cls), 1 (dist)" in rollout[0], captions
+    at.slider(key="compare_query_y").set_value(40)
+    at.slider(key="compare_query_x").set_value(70).run()
+    assert not at.exception, at.exception
+    query = [t for t in markdown_texts(at) if t.startswith("**Query token")]
+    assert query and query[0].startswith("**Query token (2, 4)** of layer 11:"), query
+    assert "pixel (40, 70)" in query[0] and "dist" in query[0]  # prefix shares named
+
+    # Another layer: the picker answers for it.
+    at.select_slider(key="compare_vit_layer_12").set_value(0).run()
+    query = [t for t in markdown_texts(at) if t.startswith("**Query token")]
+    assert query[0].startswith("**Query token (2, 4)** of layer 0: blocks.0")
+
+
+@pytest.mark.slow
+def test_swin_query_point_in_window_coordinates() -> None:
+    at = open_app()
+    at.multiselect(key="compare_models").set_value(["swin_t"]).run()
+    at.button(key="compare_run").click().run()
+    assert not at.exception, at.exception
+    at.select_slider(key="compare_vit_layer_12").set_value(0).run()
+    at.slider(key="compare_query_y").set_value(10)
+    at.slider(key="compare_query_x").set_value(201).run()
+    assert not at.exception, at.exception
+    query = [t for t in markdown_texts(at) if t.startswith("**Query token")]
+    assert query[0].startswith("**Query token (2, 50)** of layer 0: features.1.0"), query  # stride 4
+    infos = [i.value for i in at.info]
+    assert any("Rollout does not apply to swin_t" in i for i in infos)

@@ -26,6 +26,16 @@ MODELS = {
     "skresnet18",
     "resnest14d",
     "gcresnext26ts",
+    "deit_tiny_patch16_224",
+    "deit_small_patch16_224",
+    "deit_tiny_distilled_patch16_224",
+    "vit_small_patch16_224.dino",
+    "vit_small_patch14_reg4_dinov2",
+    "swin_tiny_patch4_window7_224",
+    "botnet26t_256",
+    "halonet26t",
+    "vit_b_16",
+    "swin_t",
     "resnet50",
 } | {
     f"zoo_{kind}"

@@ -22,6 +22,16 @@ ZOO = {
     "skresnet18": ("timm", ("sk",)),
     "resnest14d": ("timm", ("split",)),
     "gcresnext26ts": ("timm", ("gc_context", "gc_add")),
+    "deit_tiny_patch16_224": ("timm", ("vit",)),
+    "deit_small_patch16_224": ("timm", ("vit",)),
+    "deit_tiny_distilled_patch16_224": ("timm", ("vit",)),
+    "vit_small_patch16_224.dino": ("timm", ("vit",)),
+    "vit_small_patch14_reg4_dinov2": ("timm", ("vit",)),
+    "swin_tiny_patch4_window7_224": ("timm", ("swin",)),
+    "botnet26t_256": ("timm", ("bot",)),
+    "halonet26t": ("timm", ("halo",)),
+    "vit_b_16": ("torchvision", ("vit",)),
+    "swin_t": ("torchvision", ("swin",)),
     "resnet50": ("torchvision", ()),
 }
 
@@ -56,9 +66,22 @@ def test_list_models_describes_the_zoo(offline):
         assert spec.pretrained_available is False
         assert spec.weights_file and str(offline) in spec.weights_path
     assert specs["ecaresnet26t"].input_size == (256, 256)
+    assert list(specs)[-1] == "resnet50"  # the baseline last
+    # self-supervised backbones have no classifier: no Grad-CAM layer, no predictions
+    assert {n for n, s in specs.items() if not s.classifier} == {
+        "vit_small_patch16_224.dino",
+        "vit_small_patch14_reg4_dinov2",
+    }
 
 
-@pytest.mark.parametrize("name", ["vit_b_16", "", "../resnet50", None])
+def test_dinov2_runs_at_224_with_registers():
+    model = attnviz.load_model("vit_small_patch14_reg4_dinov2", weights="random", device="cpu")
+    assert model.categories == ()
+    assert model.preprocess([make_image(0)]).shape == (1, 3, 224, 224)
+    assert model.module.patch_embed.grid_size == (16, 16) and model.module.num_prefix_tokens == 5
+
+
+@pytest.mark.parametrize("name", ["vit_b_99", "", "../resnet50", None, "vit_small_patch16_224.dino/../x"])
 def test_unknown_model_is_refused(name):
     with pytest.raises(attnviz.UnknownModelError, match=r"Unknown model .* choose one of .*resnet50"):
         attnviz.load_model(name, weights="random")
