@@ -152,7 +152,14 @@ class Capture:
         """Set ``obj.name = value`` until the capture ends (e.g. a fused-attention flag)."""
         if not self._active:
             raise RuntimeError("set_attr is only allowed inside the capture")
-        self._attrs.append((obj, name, getattr(obj, name, _MISSING)))
+        own = getattr(obj, "__dict__", {})
+        if name in own:
+            old = own[name]
+        elif hasattr(type(obj), name):
+            old = _MISSING  # a class attribute (e.g. a method): the instance's copy goes again
+        else:
+            old = getattr(obj, name, _MISSING)  # e.g. a module's submodule or parameter
+        self._attrs.append((obj, name, old))
         setattr(obj, name, value)
 
     def _store(self, tap: Tap, out: torch.Tensor) -> None:
