@@ -571,7 +571,11 @@ def mark_point(
 
     img = Image.fromarray(_as_rgb_array(image).copy())
     y, x = float(point_yx[0]), float(point_yx[1])
-    r = radius if radius is not None else max(3.0, 0.03 * min(img.size))
+    r = float(radius) if radius is not None else max(3.0, 0.03 * min(img.size))
+    if not (math.isfinite(y) and math.isfinite(x)):
+        raise ValueError(f"point_yx must be finite, got {point_yx}")
+    if not (math.isfinite(r) and r > 0):
+        raise ValueError(f"radius must be a positive number of pixels, got {radius}")
     draw = ImageDraw.Draw(img)
     draw.ellipse([x - r - 1, y - r - 1, x + r + 1, y + r + 1], outline=(0, 0, 0), width=3)
     draw.ellipse([x - r, y - r, x + r, y + r], outline=(255, 255, 255), width=2)
@@ -586,6 +590,7 @@ def head_grid_image(
     alpha: float = 0.5,
     tile: int = 72,
     gap: int = 2,
+    labels: bool = False,
 ) -> Image.Image:
     """One picture of every layer and head: row l, column h is head h's map of layer l over the image.
 
@@ -598,14 +603,18 @@ def head_grid_image(
         cmap, alpha: as in :func:`overlay`.
         tile: tile side in pixels (16-512).
         gap: white pixels between tiles (0-16).
+        labels: write the layer index left of each row and the head index above each column
+            (adds a 30 px margin on the left and 14 px on top).
 
     Returns:
-        An RGB image of ``layers * (tile + gap) - gap`` by ``max_heads * (tile + gap) - gap`` pixels.
+        An RGB image of ``layers * (tile + gap) - gap`` by ``max_heads * (tile + gap) - gap`` pixels
+        (plus the label margins).
     """
-    if not isinstance(tile, int) or not 16 <= tile <= 512:
+    if isinstance(tile, bool) or not isinstance(tile, int | np.integer) or not 16 <= tile <= 512:
         raise ValueError(f"tile must be an int in [16, 512], got {tile!r}")
-    if not isinstance(gap, int) or not 0 <= gap <= 16:
+    if isinstance(gap, bool) or not isinstance(gap, int | np.integer) or not 0 <= gap <= 16:
         raise ValueError(f"gap must be an int in [0, 16], got {gap!r}")
+    tile, gap = int(tile), int(gap)
     layers = [np.asarray(m) for m in maps]
     if not layers:
         raise ValueError("head_grid_image needs at least one layer of maps")
@@ -615,10 +624,19 @@ def head_grid_image(
     thumb = Image.fromarray(_as_rgb_array(image)).resize((tile, tile), Image.Resampling.BILINEAR)
     cols = max(m.shape[0] for m in layers)
     step = tile + gap
-    out = Image.new("RGB", (cols * step - gap, len(layers) * step - gap), (255, 255, 255))
+    left, top = (30, 14) if labels else (0, 0)
+    out = Image.new("RGB", (left + cols * step - gap, top + len(layers) * step - gap), (255, 255, 255))
     for row, m in enumerate(layers):
         for col in range(m.shape[0]):
-            out.paste(overlay(thumb, m[col], cmap=cmap, alpha=alpha), (col * step, row * step))
+            out.paste(overlay(thumb, m[col], cmap=cmap, alpha=alpha), (left + col * step, top + row * step))
+    if labels:
+        from PIL import ImageDraw
+
+        draw = ImageDraw.Draw(out)
+        for row in range(len(layers)):
+            draw.text((2, top + row * step + tile // 2 - 5), f"L{row}", fill=(60, 60, 60))
+        for col in range(cols):
+            draw.text((left + col * step + tile // 2 - 6, 1), f"h{col}", fill=(60, 60, 60))
     return out
 
 
@@ -647,6 +665,8 @@ def query_figure(
     rows, cols = int(grid[0]), int(grid[1])
     if rows < 1 or cols < 1:
         raise ValueError(f"grid must have at least one token, got {grid}")
+    if not all(math.isfinite(float(v)) and float(v) > 0 for v in stride):
+        raise ValueError(f"stride must be two positive numbers of pixels per token, got {stride}")
     ii, jj = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
     ys = (ii.reshape(-1) + 0.5) * float(stride[0]) - 0.5
     xs = (jj.reshape(-1) + 0.5) * float(stride[1]) - 0.5

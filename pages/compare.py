@@ -647,12 +647,12 @@ def _heads_tab(rkey: tuple, analysis: attnviz.Analysis, records, index: int, set
     )
     png = _cached_png(
         (*rkey, "head_grid", cmap, alpha),
-        lambda: render.head_grid_image(picture, grid.maps, cmap=cmap, alpha=alpha, tile=64),
+        lambda: render.head_grid_image(picture, grid.maps, cmap=cmap, alpha=alpha, tile=64, labels=True),
     )
     st.image(
         png,
-        caption=f"Every layer (rows, first at the top) × head (columns): {grid.how}. Each tile is scaled "
-        "on its own.",
+        caption=f"Every layer (rows L0, L1, ... from the first) × head (columns h0, h1, ...): {grid.how}. "
+        "Each tile is scaled on its own.",
     )
     prefix = vit.prefix_attention(records)
     if prefix is not None:
