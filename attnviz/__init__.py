@@ -12,16 +12,28 @@ Renderers live in :mod:`attnviz.render`. This package never imports streamlit.
 
 from __future__ import annotations
 
-from . import render, zoo
+from . import render, vit, zoo
 from .analysis import analyze
 from .errors import AttnvizError, CheckpointError, DeviceError, UnknownModelError, WeightsUnavailableError
 from .imageio import ImageLoadError, load_image
 from .models import LoadedModel, ModelSpec, get_spec, list_models, load_checkpoint, load_model, resolve_device
-from .records import Analysis, ChannelWeights, GradCAM, Prediction, Record, SpatialMap
+from .records import (
+    Analysis,
+    AxisGates,
+    ChannelWeights,
+    GradCAM,
+    Prediction,
+    Record,
+    SamplingPoints,
+    SpatialMap,
+    TokenAttention,
+    WindowAttention,
+)
 
 __all__ = [
     "Analysis",
     "AttnvizError",
+    "AxisGates",
     "ChannelWeights",
     "CheckpointError",
     "DeviceError",
@@ -31,9 +43,12 @@ __all__ = [
     "ModelSpec",
     "Prediction",
     "Record",
+    "SamplingPoints",
     "SpatialMap",
+    "TokenAttention",
     "UnknownModelError",
     "WeightsUnavailableError",
+    "WindowAttention",
     "analyze",
     "get_spec",
     "list_models",
@@ -42,6 +57,7 @@ __all__ = [
     "load_model",
     "render",
     "resolve_device",
+    "vit",
     "zoo",
 ]
 

@@ -404,3 +404,44 @@ def test_swin_query_point_in_window_coordinates() -> None:
     assert query[0].startswith("**Query token (2, 50)** of layer 0: features.1.0"), query  # stride 4
     infos = [i.value for i in at.info]
     assert any("Rollout does not apply to swin_t" in i for i in infos)
+
+
+TRANSFORMERS = [
+    "deit_tiny_patch16_224",
+    "deit_small_patch16_224",
+    "deit_tiny_distilled_patch16_224",
+    "vit_small_patch16_224.dino",
+    "vit_small_patch14_reg4_dinov2",
+    "swin_tiny_patch4_window7_224",
+    "botnet26t_256",
+    "halonet26t",
+    "vit_b_16",
+    "swin_t",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", TRANSFORMERS)
+def test_every_transformer_is_browsable_in_the_app(model: str) -> None:
+    at = open_app()
+    at.multiselect(key="compare_models").set_value([model]).run()
+    at.button(key="compare_run").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    [analysis] = at.session_state["compare_results"].values()
+    layers = attnviz.vit.self_attention_records(analysis)
+    assert layers, model
+    # every layer through the layer picker, every head through the head picker of the last one
+    for index in (0, len(layers) // 2, len(layers) - 1):
+        at.select_slider(key=f"compare_vit_layer_{len(layers)}").set_value(index).run()
+        assert not at.exception, at.exception
+        query = [t for t in markdown_texts(at) if t.startswith("**Query token")]
+        assert f"of layer {layers[index].block}:" in query[0]
+    heads = layers[-1].heads
+    picker = at.selectbox(key=f"compare_vit_head_{heads}")
+    assert picker.options == ["all heads", *(f"head {h}" for h in range(heads))]
+    picker.set_value(f"head {heads - 1}").run()
+    assert not at.exception, at.exception
+    assert any(f"head {heads - 1}" in c for c in all_image_captions(at))
+    grid = [c for c in all_image_captions(at) if c.startswith("Every layer")]
+    assert len(grid) == 1
