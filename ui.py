@@ -8,7 +8,8 @@ scripts). Like the pages, it never touches hooks: models are only run through
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import streamlit as st
 
@@ -38,11 +39,25 @@ def settings() -> Settings:
     )
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _load(
-    name: str, weights: str, device: str, stamp: float, _progress: attnviz.models.ProgressFn | None
-) -> attnviz.LoadedModel:
-    return attnviz.load_model(name, weights=weights, device=device, progress=_progress)
+# Models kept in the shared cache at most; the least recently used one goes first.
+MAX_MODELS = 32
+
+
+@dataclass
+class _ModelCache:
+    """Loaded models shared by every session: ``key -> model``, plus a lock per key being loaded."""
+
+    models: dict = field(default_factory=dict)
+    loading: dict = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@st.cache_resource(show_spinner=False)
+def _model_cache() -> _ModelCache:
+    # Only the container is an st.cache_resource: loading happens outside any cached function,
+    # so the progress bar a loader draws belongs to its own session and is never replayed into
+    # another session's page (Streamlit replays elements drawn inside cached functions).
+    return _ModelCache()
 
 
 def cached_model(
@@ -51,13 +66,35 @@ def cached_model(
     """One model per ``(name, weights, device)`` and weights file version, shared by every session.
 
     The key includes the modification time of the weights file, so a retrained zoo model (or a
-    newly cached download) replaces the old one. Failures are not cached: a later run tries again.
+    newly cached download) replaces the old one. A model is loaded once even when several sessions
+    ask for it at the same time (the others wait for it); failures are not cached: a later run
+    tries again.
     """
     stamp = 0.0
     if weights == "pretrained":
         path = attnviz.get_spec(name).weights_path
         stamp = os.path.getmtime(path) if os.path.isfile(path) else 0.0
-    return _load(name, weights, device, stamp, progress)
+    key = (name, weights, device, stamp)
+    cache = _model_cache()
+    with cache.lock:
+        if key in cache.models:
+            cache.models[key] = cache.models.pop(key)  # most recently used last
+            return cache.models[key]
+        key_lock = cache.loading.setdefault(key, threading.Lock())
+    with key_lock:
+        with cache.lock:
+            if key in cache.models:
+                return cache.models[key]
+        try:
+            model = attnviz.load_model(name, weights=weights, device=device, progress=progress)
+        finally:
+            with cache.lock:
+                cache.loading.pop(key, None)
+        with cache.lock:
+            cache.models[key] = model
+            while len(cache.models) > MAX_MODELS:
+                cache.models.pop(next(iter(cache.models)))
+        return model
 
 
 def store(key: str) -> dict:

@@ -445,3 +445,22 @@ def test_every_transformer_is_browsable_in_the_app(model: str) -> None:
     assert any(f"head {heads - 1}" in c for c in all_image_captions(at))
     grid = [c for c in all_image_captions(at) if c.startswith("Every layer")]
     assert len(grid) == 1
+
+
+@pytest.mark.slow
+def test_a_model_loaded_by_one_session_serves_the_next() -> None:
+    """The shared model cache replays nothing: a second session gets the first one's model, and the
+    progress bar the first session drew while loading is not replayed into the second's page."""
+    st.cache_resource.clear()
+    sessions = []
+    for _ in range(2):
+        at = open_app()
+        at.multiselect(key="compare_models").set_value(["deit_tiny_patch16_224"]).run()
+        at.button(key="compare_run").click().run()
+        assert not at.exception, at.exception
+        assert not at.error, [e.value for e in at.error]
+        sessions.append(at)
+    import ui
+
+    [model] = ui._model_cache().models.values()
+    assert model.name == "deit_tiny_patch16_224"
