@@ -40,6 +40,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torch import nn
 from torchvision.models.swin_transformer import ShiftedWindowAttention as TvShiftedWindowAttention
 from torchvision.models.vision_transformer import VisionTransformer as TvViT
+from torchvision.ops import DeformConv2d as TvDeformConv2d
 from torchvision.ops.misc import SqueezeExcitation
 
 from . import modules as own
@@ -257,6 +258,21 @@ def _same(out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _tv_deform(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
+    """torchvision ``ops.DeformConv2d``: its offsets (and mask) are arguments of its call, read there."""
+    if isinstance(m, TvDeformConv2d):
+        meta = {
+            "convention": "deform_conv",
+            "kernel_size": _pair(m.kernel_size),
+            "stride": _pair(m.stride),
+            "padding": _pair(m.padding),
+            "dilation": _pair(m.dilation),
+        }
+        yield Tap(name, m, "deform_conv", "sampling", _same, part="offsets", grid_of=m, meta=meta,
+                  read_input=(1, "offset"))  # fmt: skip
+        yield Tap(name, m, "deform_conv", "sampling", _same, part="mask", meta=meta, read_input=(2, "mask"))
+
+
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
@@ -290,6 +306,7 @@ _ADAPTERS: tuple[Callable[[str, nn.Module, _Context], Iterator[Tap]], ...] = (
     _tv_swin,
     _bot,
     _halo,
+    _tv_deform,
 )
 
 

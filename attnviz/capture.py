@@ -60,6 +60,9 @@ class Tap:
             only (an instance attribute removed in ``finally``); nothing global is patched.
         attrs: ``(object, attribute, value)`` settings for the capture only, restored afterwards
             (e.g. timm's ``fused_attn = False``, without which the attention matrix never exists).
+        read_input: read an argument of the module's call instead of its output: a position in
+            ``args`` or a keyword name, with an optional fallback (``(1, "offset")`` reads
+            ``offset`` wherever it was passed). A missing optional argument reads nothing.
         grid_from: where ``grid_of`` shows the grid: ``"input"`` (``[B, C, H, W]`` input),
             ``"input_nhwc"`` (``[B, H, W, C]`` input, Swin) or ``"output"`` (``[B, C, H, W]`` output,
             a patch-embedding convolution).
@@ -79,6 +82,7 @@ class Tap:
     intercept: Literal["softmax"] | None = None
     attrs: tuple[tuple[object, str, Any], ...] = ()
     grid_from: Literal["input", "input_nhwc", "output"] = "input"
+    read_input: tuple[int, str] | None = None
 
 
 _SOFTMAX_FUNCS = frozenset({torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax})
@@ -132,6 +136,10 @@ class Capture:
                     self.set_attr(obj, name, value)
                 if tap.intercept is not None:
                     self.set_attr(tap.module, "forward", self._intercepting(tap))
+                elif tap.read_input is not None:
+                    self._handles.append(
+                        tap.module.register_forward_pre_hook(self._input_hook_for(tap), with_kwargs=True)
+                    )
                 else:
                     self._handles.append(tap.module.register_forward_hook(self._hook_for(tap)))
                 if tap.call_kwargs:
@@ -170,6 +178,16 @@ class Capture:
     def _hook_for(self, tap: Tap) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             self._store(tap, output[tap.output_index] if isinstance(output, tuple) else output)
+
+        return hook
+
+    def _input_hook_for(self, tap: Tap) -> Callable[..., None]:
+        position, name = tap.read_input  # type: ignore[misc]  # only called when set
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            value = args[position] if len(args) > position else kwargs.get(name)
+            if isinstance(value, torch.Tensor):
+                self._store(tap, value)
 
         return hook
 
