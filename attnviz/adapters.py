@@ -45,6 +45,7 @@ from torchvision.ops.misc import SqueezeExcitation
 
 from . import modules as own
 from .capture import Tap
+from .dat_net import LocalAttention, ShiftWindowAttention
 
 __all__ = ["ATTENTION_KINDS", "find_taps"]
 
@@ -258,6 +259,14 @@ def _same(out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _dat_window(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
+    """DAT-T's local and shifted-window blocks (attnviz.dat_net): rolled by -shift, no padding."""
+    if isinstance(m, LocalAttention):
+        s = int(m.shift_size) if isinstance(m, ShiftWindowAttention) else 0
+        meta = {"scheme": "timm_swin", "window": _pair(m.window_size), "shift": (s, s)}
+        yield Tap(name, m.attn_softmax, "dat_window", "window", _same, grid_of=m, meta=meta)
+
+
 def _tv_deform(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
     """torchvision ``ops.DeformConv2d``: its offsets (and mask) are arguments of its call, read there."""
     if isinstance(m, TvDeformConv2d):
@@ -307,6 +316,7 @@ _ADAPTERS: tuple[Callable[[str, nn.Module, _Context], Iterator[Tap]], ...] = (
     _bot,
     _halo,
     _tv_deform,
+    _dat_window,
 )
 
 

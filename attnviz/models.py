@@ -56,7 +56,9 @@ class ModelSpec:
 
     Attributes:
         name: the name to pass to :func:`load_model`.
-        source: the library that defines it (``"torchvision"`` or ``"timm"``).
+        source: who defines it: ``"torchvision"``, ``"timm"``, ``"attnviz"`` (the built-in zoo) or
+            ``"official"`` (an architecture attnviz builds to load its authors' released checkpoint,
+            e.g. DAT-T).
         attention: the attention kinds captured in it (empty for the baseline).
         input_size: (H, W) the model's preprocessing produces.
         pretrained_available: True when its pretrained weights are already in the local cache.
@@ -142,6 +144,9 @@ _MODELS: dict[str, _Entry] = {
                "encoder.layers.encoder_layer_11.ln_1", "tokens"),
         _Entry("swin_t", "torchvision", ("swin",), (224, 224),
                "Swin-T (torchvision): shifted 7x7 windows, 4 stages", "features.7.1.norm1", "nhwc"),
+        _Entry("dat_tiny", "official", ("dat", "dat_window"), (224, 224),
+               "DAT-T (v1, CVPR 2022): deformable attention in stages 3-4, local and shifted windows in 1-2",
+               "stages.3"),
         _Entry("resnet50", "torchvision", (), (224, 224),
                "ResNet-50: no attention module, the Grad-CAM baseline", "layer4"),
     )
@@ -177,6 +182,15 @@ def _zoo_entries() -> dict[str, _Entry]:
 
 
 _MODELS = {**_zoo_entries(), **_MODELS}
+
+
+# Architectures attnviz builds itself whose official checkpoints are published by their authors
+# (not through a library hub): name -> the released file name.
+_OFFICIAL_FILES = {"dat_tiny": "dat_tiny_in1k_224.pth"}
+_OFFICIAL_SOURCES = {
+    "dat_tiny": "the official DAT release (github.com/LeapLabTHU/DAT, README: DAT-T ImageNet-1K 224 "
+    "checkpoint, Tsinghua Cloud or Google Drive)"
+}
 
 
 def _tv_weights(name: str):
@@ -220,6 +234,10 @@ def _weights_location(entry: _Entry) -> tuple[str, Path, bool]:
 
         path = weights_path(entry.name.removeprefix("zoo_"))
         return path.name, path, path.is_file()
+    if entry.source == "official":
+        filename = _OFFICIAL_FILES[entry.name]
+        path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+        return filename, path, path.is_file()
     if entry.source == "torchvision":
         url = _tv_weights(entry.name).url
         filename = os.path.basename(url)
@@ -373,7 +391,9 @@ def _download(url: str, dest: Path, progress: ProgressFn | None) -> None:
 
 
 def _unavailable(entry: _Entry, filename: str, path: Path, cause: BaseException) -> WeightsUnavailableError:
-    if entry.source == "attnviz":
+    if entry.source == "official":
+        where = f"download {filename} from {_OFFICIAL_SOURCES[entry.name]} and put it at {path}"
+    elif entry.source == "attnviz":
         kind = entry.name.removeprefix("zoo_")
         where = f"restore {path} from the repository, or retrain: `python -m attnviz zoo train --kind {kind}`"
     elif entry.source == "torchvision":
@@ -384,7 +404,9 @@ def _unavailable(entry: _Entry, filename: str, path: Path, cause: BaseException)
             f"download the Hugging Face repo {cfg.hf_hub_id} into the HF cache ({_hf_cache_dir()}, "
             f"e.g. `hf download {cfg.hf_hub_id}` on a connected machine, then copy the cache)"
         )
-    if entry.source == "attnviz":
+    if entry.source == "official":
+        missing = f"The official weights of {entry.name} ({filename}) are not on this machine"
+    elif entry.source == "attnviz":
         missing = f"The zoo weights of {entry.name} ({filename}) are missing from {path.parent}"
     else:
         missing = (
@@ -474,6 +496,24 @@ def _build(entry: _Entry, pretrained_file: Path | None):
             [T.Resize(INPUT_SIZE), T.CenterCrop(INPUT_SIZE), T.ToTensor(), T.Normalize(MEAN, STD)]
         )
         return module, transform, MEAN, STD, CLASSES
+    if entry.source == "official":
+        from torchvision import transforms as T
+        from torchvision.models import ResNet50_Weights
+
+        from .dat_net import DAT_TINY_PREPROCESS, build_dat_tiny
+
+        module = build_dat_tiny()
+        if pretrained_file is not None:
+            _apply_checkpoint(module, load_checkpoint(pretrained_file), pretrained_file.name)
+        cfg = DAT_TINY_PREPROCESS
+        transform = T.Compose([
+            T.Resize((cfg["resize"], cfg["resize"]), interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(cfg["input_size"]),
+            T.ToTensor(),
+            T.Normalize(cfg["mean"], cfg["std"]),
+        ])  # fmt: skip
+        categories = tuple(ResNet50_Weights.DEFAULT.meta["categories"])  # the ImageNet-1k class names
+        return module, transform, tuple(cfg["mean"]), tuple(cfg["std"]), categories
     if entry.source == "torchvision":
         from torchvision.models import get_model
 
@@ -517,7 +557,7 @@ def _fetch_pretrained(entry: _Entry, progress: ProgressFn | None) -> Path:
     filename, path, present = _weights_location(entry)
     if present:
         return path
-    if entry.source == "attnviz":
+    if entry.source in ("attnviz", "official"):  # nothing to download from a hub
         raise _unavailable(entry, filename, path, FileNotFoundError(filename))
     try:
         if entry.source == "torchvision":

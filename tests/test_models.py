@@ -32,6 +32,7 @@ ZOO = {
     "halonet26t": ("timm", ("halo",)),
     "vit_b_16": ("torchvision", ("vit",)),
     "swin_t": ("torchvision", ("swin",)),
+    "dat_tiny": ("official", ("dat", "dat_window")),
     "resnet50": ("torchvision", ()),
 }
 
