@@ -12,7 +12,7 @@ Renderers live in :mod:`attnviz.render`. This package never imports streamlit.
 
 from __future__ import annotations
 
-from . import render, vit, zoo
+from . import render, sampling, vit, zoo
 from .analysis import analyze
 from .errors import AttnvizError, CheckpointError, DeviceError, UnknownModelError, WeightsUnavailableError
 from .imageio import ImageLoadError, load_image
@@ -57,6 +57,7 @@ __all__ = [
     "load_model",
     "render",
     "resolve_device",
+    "sampling",
     "vit",
     "zoo",
 ]

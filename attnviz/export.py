@@ -13,6 +13,8 @@ get the same layout::
         block01_ca_axisgates.png      one overlay per other record with a heat map (attnviz.maps):
                                       axis gates, token attention, sampling points
         block01_dat_points.npz        SamplingPoints: points, reference, weights (input pixels, y, x)
+        block01_dat_offsets.png       its offset length as an overlay, and
+        block01_dat_offset_field.html a subsampled arrow field (reference -> sampled point)
         channel_weights.csv           block, layer, kind, path, then the C values (one row per path)
         top5.html                     HTML charts, loading ../../plotly.min.js
         channels_heatmap.html
@@ -48,7 +50,7 @@ import numpy as np
 import plotly.offline
 from PIL import Image
 
-from . import render, vit
+from . import render, sampling, vit
 from .maps import record_map
 from .records import Analysis, ChannelWeights, GradCAM, SamplingPoints, SpatialMap
 
@@ -291,9 +293,15 @@ def _export_one(
             entry["stride"] = [float(s) for s in rec.stride]
         if isinstance(rec, SamplingPoints):
             # the raw points for reuse: (y, x) model-input pixels, see SamplingPoints
-            entry["points_file"] = add(
-                f"block{rec.block:02d}_{_safe_name(rec.kind, 'points')}_points.npz", _npz(rec)
-            )
+            stem = f"block{rec.block:02d}_{_safe_name(rec.kind, 'points')}"
+            entry["points_file"] = add(f"{stem}_points.npz", _npz(rec))
+            field = sampling.offset_field(rec, picture.shape[:2])
+            if field is not None:
+                shown = render.overlay(picture, field.magnitude, cmap=cmap, alpha=alpha)
+                entry["offset_magnitude_file"] = add(f"{stem}_offsets.png", _png(shown))
+                fig = render.offset_field_figure(picture, field, title=f"{rec.layer}: offset field")
+                entry["offset_field_file"] = add(f"{stem}_offset_field.html", _html(fig))
+                entry["offset_field"] = field.how
         amap = record_map(rec, picture.shape[:2])
         if amap is not None:
             # one overlay per heat map; attnviz.maps documents how each record becomes one

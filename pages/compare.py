@@ -31,7 +31,7 @@ import streamlit as st
 from PIL import Image
 
 import attnviz
-from attnviz import render, vit
+from attnviz import render, sampling, vit
 from attnviz.export import export_files, zip_bundle
 from attnviz.imageio import ALLOWED_EXTENSIONS
 from attnviz.maps import AttentionMap, record_map
@@ -77,9 +77,9 @@ VIT_MODEL_KEY = "compare_vit_model"
 VIT_LAYER_KEY = "compare_vit_layer"
 VIT_HEAD_KEY = "compare_vit_head"
 VIT_FUSION_KEY = "compare_vit_fusion"
-QUERY_Y_KEY = "compare_query_y"
-QUERY_X_KEY = "compare_query_x"
-QUERY_SEEN_KEY = "compare_query_seen"
+DEFORM_MODEL_KEY = "compare_deform_model"
+DEFORM_LAYER_KEY = "compare_deform_layer"
+DEFORM_OBJECT_KEY = "compare_deform_object"
 ROLLOUT_DISCARD_KEY = "compare_rollout_discard"
 ROLLOUT_FUSION_KEY = "compare_rollout_fusion"
 RENDERS_KEY = "compare_renders"
@@ -587,37 +587,40 @@ def _point_of_click(event) -> tuple[float, float] | None:
     return None
 
 
-def _query_point(model: str, record, picture) -> tuple[float, float]:
+def _query_point(
+    model: str, grid: tuple[int, int], stride: tuple[float, float], picture, prefix: str = "compare_query"
+) -> tuple[float, float]:
     """Draw the clickable query picker and the pixel sliders; return the query pixel (y, x).
 
-    A click on a patch (:func:`attnviz.render.query_figure` reports the token's centre) moves the
-    sliders; the sliders also set the point directly (and are what tests drive).
+    A click on a token (:func:`attnviz.render.query_figure` reports the token's centre) moves the
+    sliders; the sliders also set the point directly (and are what tests drive). ``prefix`` names
+    the widgets' keys (``<prefix>_y``, ``<prefix>_x``), one pair per view.
     """
+    y_key, x_key, seen_key = f"{prefix}_y", f"{prefix}_x", f"{prefix}_seen"
     h, w = picture.shape[:2]
-    if QUERY_Y_KEY not in st.session_state:
-        st.session_state[QUERY_Y_KEY] = h // 2
-        st.session_state[QUERY_X_KEY] = w // 2
-    st.session_state[QUERY_Y_KEY] = min(int(st.session_state[QUERY_Y_KEY]), h - 1)
-    st.session_state[QUERY_X_KEY] = min(int(st.session_state[QUERY_X_KEY]), w - 1)
+    if y_key not in st.session_state:
+        st.session_state[y_key] = h // 2
+        st.session_state[x_key] = w // 2
+    st.session_state[y_key] = min(int(st.session_state[y_key]), h - 1)
+    st.session_state[x_key] = min(int(st.session_state[x_key]), w - 1)
     pick, controls = st.columns([3, 2])
     with pick:
-        point = (float(st.session_state[QUERY_Y_KEY]), float(st.session_state[QUERY_X_KEY]))
-        fig = render.query_figure(
-            picture, record.grid, record.stride, point, title="Click a patch to query it"
-        )
+        point = (float(st.session_state[y_key]), float(st.session_state[x_key]))
+        title = "Click a position to query it"
+        fig = render.query_figure(picture, grid, stride, point, title=title)
         event = st.plotly_chart(
-            _compact(fig, 380), on_select="rerun", selection_mode="points", key=f"compare_query_click_{model}"
+            _compact(fig, 380), on_select="rerun", selection_mode="points", key=f"{prefix}_click_{model}"
         )
     clicked = _point_of_click(event)
-    if clicked is not None and st.session_state.get(QUERY_SEEN_KEY) != (model, clicked):
+    if clicked is not None and st.session_state.get(seen_key) != (model, clicked):
         # A selection persists across reruns: apply each click once, so the sliders stay usable.
-        st.session_state[QUERY_SEEN_KEY] = (model, clicked)
-        st.session_state[QUERY_Y_KEY] = min(max(round(clicked[0]), 0), h - 1)
-        st.session_state[QUERY_X_KEY] = min(max(round(clicked[1]), 0), w - 1)
+        st.session_state[seen_key] = (model, clicked)
+        st.session_state[y_key] = min(max(round(clicked[0]), 0), h - 1)
+        st.session_state[x_key] = min(max(round(clicked[1]), 0), w - 1)
     with controls:
-        st.slider("Query pixel y (row)", 0, h - 1, key=QUERY_Y_KEY)
-        st.slider("Query pixel x (column)", 0, w - 1, key=QUERY_X_KEY)
-    return float(st.session_state[QUERY_Y_KEY]), float(st.session_state[QUERY_X_KEY])
+        st.slider("Query pixel y (row)", 0, h - 1, key=y_key)
+        st.slider("Query pixel x (column)", 0, w - 1, key=x_key)
+    return float(st.session_state[y_key]), float(st.session_state[x_key])
 
 
 def _heads_tab(rkey: tuple, analysis: attnviz.Analysis, records, index: int, settings: Settings) -> None:
@@ -671,7 +674,7 @@ def _query_tab(analysis: attnviz.Analysis, records, index: int, settings: Settin
     """Where the patch under a chosen pixel attends: per head of the chosen layer, and per layer."""
     picture, cmap, alpha = analysis.input_image, settings.cmap, settings.alpha
     record = records[index]
-    point = _query_point(analysis.model, record, picture)
+    point = _query_point(analysis.model, record.grid, record.stride, picture)
     qmap = vit.query_map(record, point)
     marked = render.mark_point(picture, point)
     row, col = qmap.query
@@ -736,6 +739,92 @@ def _stats_tab(analysis: attnviz.Analysis, records) -> None:
     fig = render.head_stats_figure([_layer_label(r) for r in records], stats.distance, stats.entropy)
     st.plotly_chart(_compact(fig, 520), key=f"compare_vit_stats_{analysis.model}")
     st.caption(stats.how)
+
+
+def _deformable_views(analyses: dict, settings: Settings) -> None:
+    """Below the columns: where the deformable modules sample, per query, and their offset fields."""
+    with_points = [m for m, a in analyses.items() if a is not None and a.sampling_points]
+    if not with_points:
+        return
+    st.divider()
+    st.subheader("Deformable sampling: where each query looks")
+    model = with_points[0]
+    if len(with_points) > 1:
+        model = st.segmented_control("Model", with_points, default=model, key=DEFORM_MODEL_KEY) or model
+    analysis = analyses[model]
+    picture = analysis.input_image
+    hw = picture.shape[:2]
+    records = analysis.sampling_points
+    index = 0
+    if len(records) > 1:
+        index = st.select_slider(
+            "Deformable layer",
+            options=list(range(len(records))),
+            value=0,
+            format_func=lambda i: f"{records[i].block}: {records[i].layer} ({records[i].kind})",
+            key=f"{DEFORM_LAYER_KEY}_{len(records)}",
+        )
+    record = records[index]
+    detections = analysis.detections
+    if record.points.shape[0] == 1:
+        query = 0
+        st.caption(
+            f"{record.layer}: every query shares these {record.points.shape[2]} sampled keys per "
+            f"{record.group_name} (deformable attention samples once per group, then every query attends "
+            "to the samples)."
+        )
+    elif record.query_grid is None and record.query_points is not None and not record.levels:
+        query = 0
+    elif record.kind == "detr_decoder" and detections is not None and len(detections.labels):
+        options = list(range(len(detections.labels)))
+        pick = st.selectbox(
+            "Detected object",
+            options,
+            format_func=lambda k: (
+                f"{detections.labels[k]} ({detections.scores[k]:.0%}), query {int(detections.query_index[k])}"
+            ),
+            key=DEFORM_OBJECT_KEY,
+        )
+        query = int(detections.query_index[pick])
+    else:
+        grid = record.query_grid or (record.levels[0] if record.levels else (1, 1))
+        stride = (hw[0] / grid[0], hw[1] / grid[1])
+        point = _query_point(model, grid, stride, picture, prefix="compare_deform")
+        query = sampling.nearest_query(record, point, hw)
+    samples = sampling.query_samples(record, query, hw)
+    where = (
+        ""
+        if samples.query_point is None
+        else (f" at pixel ({samples.query_point[0]:.0f}, {samples.query_point[1]:.0f})")
+    )
+    st.markdown(f"**Query {query}**{where} of `{record.layer}`: {record.points.shape[1]} "
+                f"{record.group_name}s × {record.points.shape[2]} points")  # fmt: skip
+    height = 420 if len(samples.levels) <= 1 else 330
+    st.plotly_chart(
+        _compact(render.sampling_figure(picture, samples), height), key=f"compare_deform_points_{model}"
+    )
+    st.caption(
+        "Coloured by "
+        + record.group_name
+        + "; marker size is the point's "
+        + ("weight" if record.weights is not None else "(unweighted) position")
+        + "; thin lines join each point to its reference (the learned offset); "
+        + "✕ reference points, ★ the query."
+    )
+    field = sampling.offset_field(record, hw)
+    if field is not None:
+        left, right = st.columns(2)
+        with left:
+            st.image(
+                render.overlay(picture, field.magnitude, cmap=settings.cmap, alpha=settings.alpha),
+                caption=f"Offset length ({field.grid[0]}x{field.grid[1]}): {field.how.split(';')[0]}",
+                width="stretch",
+            )
+        with right:
+            st.plotly_chart(
+                _compact(render.offset_field_figure(picture, field, title="Offset field"), 380),
+                key=f"compare_deform_field_{model}",
+            )
 
 
 def _transformer_views(config: RunConfig, image: ImageRef, analyses: dict, settings: Settings) -> None:
@@ -806,6 +895,7 @@ def _results(config: RunConfig, settings: Settings) -> None:
             )
 
     _transformer_views(config, image, analyses, settings)
+    _deformable_views(analyses, settings)
 
     items = [
         (ref.label, results[config.result_key(ref, m)])

@@ -464,3 +464,28 @@ def test_a_model_loaded_by_one_session_serves_the_next() -> None:
 
     [model] = ui._model_cache().models.values()
     assert model.name == "deit_tiny_patch16_224"
+
+
+@pytest.mark.slow
+def test_deformable_sampling_views_answer_a_query_point() -> None:
+    at = open_app(weights="pretrained")  # the zoo's own weights: shipped with the repository
+    at.multiselect(key="compare_models").set_value(["zoo_deform", "zoo_dat"]).run()
+    at.button(key="compare_run").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert any(s.value.startswith("Deformable sampling") for s in at.subheader)
+    # zoo_deform first: a 12x12 query grid over the 96 px input (stride 8) in its first layer
+    at.slider(key="compare_deform_y").set_value(20)
+    at.slider(key="compare_deform_x").set_value(50).run()
+    assert not at.exception, at.exception
+    [query] = [t for t in markdown_texts(at) if t.startswith("**Query")]
+    row, col = 20 // 8, 50 // 8
+    assert query.startswith(f"**Query {row * 12 + col}** at pixel ({row * 8 + 3.5:.0f}, {col * 8 + 3.5:.0f})")
+    assert "`attn2.body`" in query and "1 groups × 9 points" in query
+    assert any(c.startswith("Offset length (12x12)") for c in all_image_captions(at))
+    # DAT: every query shares its sampled keys; no query picker
+    at.segmented_control(key="compare_deform_model").set_value("zoo_dat").run()
+    assert not at.exception, at.exception
+    assert any("every query shares these 144 sampled keys per group" in c.value for c in at.caption)
+    [query] = [t for t in markdown_texts(at) if t.startswith("**Query")]
+    assert query.startswith("**Query 0** of `attn2.body`: 2 groups × 144 points")
