@@ -700,7 +700,7 @@ def query_figure(
         )
     fig.update_layout(title=title, dragmode=False, clickmode="event+select")
     fig.update_xaxes(visible=False, range=[-0.5, rgb.shape[1] - 0.5])
-    fig.update_yaxes(visible=False, range=[rgb.shape[0] - 0.5, -0.5], scaleanchor="x")
+    fig.update_yaxes(visible=False, range=[rgb.shape[0] - 0.5, -0.5])
     return fig
 
 
@@ -897,7 +897,7 @@ def offset_field_figure(image: Image.Image | np.ndarray, field, *, title: str | 
                                  marker={"color": colour, "size": 4}, hoverinfo="skip"))  # fmt: skip
     fig.update_layout(title=title, legend={"orientation": "h"})
     fig.update_xaxes(visible=False, range=[-0.5, rgb.shape[1] - 0.5])
-    fig.update_yaxes(visible=False, range=[rgb.shape[0] - 0.5, -0.5], scaleanchor="x")
+    fig.update_yaxes(visible=False, range=[rgb.shape[0] - 0.5, -0.5])
     return fig
 
 
