@@ -278,8 +278,8 @@ def _tv_deform(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
             "dilation": _pair(m.dilation),
         }
         yield Tap(name, m, "deform_conv", "sampling", _same, part="offsets", grid_of=m, meta=meta,
-                  read_input=(1, "offset"))  # fmt: skip
-        yield Tap(name, m, "deform_conv", "sampling", _same, part="mask", meta=meta, read_input=(2, "mask"))
+                  read_input="offset")  # fmt: skip
+        yield Tap(name, m, "deform_conv", "sampling", _same, part="mask", meta=meta, read_input="mask")
 
 
 def _pair(v) -> tuple[int, int]:

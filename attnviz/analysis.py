@@ -276,6 +276,10 @@ def analyze(
         images = [images]
     if not images:
         raise ValueError("analyze needs at least one image")
+    if model.detector is not None:  # Deformable DETR: detections instead of classes
+        from .detr import analyze_detr
+
+        return analyze_detr(model.detector, list(images))
     n_classes = len(model.categories)
     if n_classes and not 1 <= topk <= n_classes:
         raise ValueError(f"topk must be in [1, {n_classes}], got {topk}")

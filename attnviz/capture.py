@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,8 +62,9 @@ class Tap:
         attrs: ``(object, attribute, value)`` settings for the capture only, restored afterwards
             (e.g. timm's ``fused_attn = False``, without which the attention matrix never exists).
         read_input: read an argument of the module's call instead of its output: a position in
-            ``args`` or a keyword name, with an optional fallback (``(1, "offset")`` reads
-            ``offset`` wherever it was passed). A missing optional argument reads nothing.
+            ``args`` (``int``), or a parameter name (``str``) found among the keyword arguments or
+            bound from the positional ones with the signature of ``module.forward``. An argument
+            that is None (an optional mask not given) reads nothing.
         grid_from: where ``grid_of`` shows the grid: ``"input"`` (``[B, C, H, W]`` input),
             ``"input_nhwc"`` (``[B, H, W, C]`` input, Swin) or ``"output"`` (``[B, C, H, W]`` output,
             a patch-embedding convolution).
@@ -82,7 +84,7 @@ class Tap:
     intercept: Literal["softmax"] | None = None
     attrs: tuple[tuple[object, str, Any], ...] = ()
     grid_from: Literal["input", "input_nhwc", "output"] = "input"
-    read_input: tuple[int, str] | None = None
+    read_input: int | str | None = None
 
 
 _SOFTMAX_FUNCS = frozenset({torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax})
@@ -182,12 +184,24 @@ class Capture:
         return hook
 
     def _input_hook_for(self, tap: Tap) -> Callable[..., None]:
-        position, name = tap.read_input  # type: ignore[misc]  # only called when set
+        key = tap.read_input
+        signature = inspect.signature(tap.module.forward) if isinstance(key, str) else None
 
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            value = args[position] if len(args) > position else kwargs.get(name)
-            if isinstance(value, torch.Tensor):
-                self._store(tap, value)
+            if isinstance(key, int):
+                value = args[key] if key < len(args) else None
+            elif key in kwargs:
+                value = kwargs[key]
+            else:
+                value = signature.bind_partial(*args, **kwargs).arguments.get(key)  # type: ignore[union-attr]
+            if value is None:
+                return
+            if not isinstance(value, torch.Tensor):
+                raise RuntimeError(
+                    f"{tap.layer}: argument {key!r} of {type(module).__name__} is {type(value).__name__}, "
+                    "not a tensor"
+                )
+            self._store(tap, value)
 
         return hook
 

@@ -52,7 +52,7 @@ from PIL import Image
 
 from . import render, sampling, vit
 from .maps import record_map
-from .records import Analysis, ChannelWeights, GradCAM, SamplingPoints, SpatialMap
+from .records import Analysis, ChannelWeights, Detections, GradCAM, SamplingPoints, SpatialMap
 
 __all__ = [
     "CSV_FILENAME",
@@ -266,6 +266,32 @@ def _export_one(
 
     records = []
     for rec in analysis.records:
+        if isinstance(rec, Detections):
+            shown = render.draw_detections(picture, rec)
+            records.append(
+                {
+                    "type": "Detections",
+                    "kind": rec.kind,
+                    "layer": rec.layer,
+                    "block": None,
+                    "shape": list(rec.boxes.shape),
+                    "objects": [
+                        {
+                            "label": label,
+                            "class": int(c),
+                            "score": _finite(float(sc)),
+                            "box_xyxy": [_finite(float(v)) for v in box],
+                            "query": int(q),
+                        }
+                        for label, c, sc, box, q in zip(
+                            rec.labels, rec.classes, rec.scores, rec.boxes, rec.query_index, strict=True
+                        )
+                    ],
+                    "file": add("detections.png", _png(shown)),
+                }
+            )
+            listing["detections"] = records[-1]["file"]
+            continue
         main = rec.points if isinstance(rec, SamplingPoints) else rec.values
         entry: dict[str, Any] = {
             "type": type(rec).__name__,

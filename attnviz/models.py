@@ -144,6 +144,9 @@ _MODELS: dict[str, _Entry] = {
                "encoder.layers.encoder_layer_11.ln_1", "tokens"),
         _Entry("swin_t", "torchvision", ("swin",), (224, 224),
                "Swin-T (torchvision): shifted 7x7 windows, 4 stages", "features.7.1.norm1", "nhwc"),
+        _Entry("deformable_detr", "transformers", ("detr_encoder", "detr_decoder"), (800, 1333),
+               "Deformable DETR (COCO detector): multi-scale deformable attention, 6 encoder and 6 decoder "
+               "layers, 8 heads x 4 levels x 4 points; input resized to 800 px on the short side", ""),
         _Entry("dat_tiny", "official", ("dat", "dat_window"), (224, 224),
                "DAT-T (v1, CVPR 2022): deformable attention in stages 3-4, local and shifted windows in 1-2",
                "stages.3"),
@@ -234,6 +237,14 @@ def _weights_location(entry: _Entry) -> tuple[str, Path, bool]:
 
         path = weights_path(entry.name.removeprefix("zoo_"))
         return path.name, path, path.is_file()
+    if entry.source == "transformers":
+        from .detr import HUB_REPO, cached_pretrained_dir
+
+        folder = cached_pretrained_dir()
+        if folder is not None:
+            return "model.safetensors", folder, True
+        repo_dir = "models--" + HUB_REPO.replace("/", "--")
+        return "model.safetensors", _hf_cache_dir() / repo_dir / "snapshots" / "<revision>", False
     if entry.source == "official":
         filename = _OFFICIAL_FILES[entry.name]
         path = Path(torch.hub.get_dir()) / "checkpoints" / filename
@@ -334,6 +345,8 @@ class LoadedModel:
         device: where the module lives.
         taps: the attention taps found in the module.
         lock: hold it while running the module; the model may be shared between sessions.
+        detector: for detectors (Deformable DETR), the :class:`attnviz.detr.DetrBundle` that
+            :func:`attnviz.analyze` runs instead of a classifier forward; None otherwise.
     """
 
     spec: ModelSpec
@@ -347,6 +360,7 @@ class LoadedModel:
     device: torch.device
     taps: list[Tap] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    detector: object | None = None
 
     @property
     def name(self) -> str:
@@ -582,6 +596,75 @@ def _fetch_pretrained(entry: _Entry, progress: ProgressFn | None) -> Path:
         raise _unavailable(entry, filename, path, err) from err
 
 
+def _load_detector(
+    entry: _Entry, weights: str | os.PathLike, dev: torch.device, progress: ProgressFn | None
+) -> LoadedModel:
+    """Deformable DETR through transformers: a snapshot folder (cached, downloaded, or given) or random."""
+    from .detr import HUB_REPO, build_deformable_detr, cached_pretrained_dir
+
+    folder: Path | None = None
+    if weights == "random":
+        label = "random"
+    elif weights == "pretrained":
+        folder = cached_pretrained_dir()
+        if folder is None:
+            filename, path, _ = _weights_location(entry)
+            try:
+                from huggingface_hub import constants, snapshot_download
+
+                if constants.HF_HUB_OFFLINE:
+                    raise OSError("HF_HUB_OFFLINE is set")
+                _check_reachable(constants.ENDPOINT)
+                _report(progress, f"Downloading {HUB_REPO} from the Hugging Face hub", None)
+                folder = Path(snapshot_download(HUB_REPO, allow_patterns=["*.json", "*.safetensors"]))
+            except (OSError, ValueError, RuntimeError) as err:
+                raise WeightsUnavailableError(
+                    f"Pretrained weights for {entry.name} ({HUB_REPO}) are not cached and could not be "
+                    f"downloaded ({type(err).__name__}): download the Hugging Face repo {HUB_REPO} on a "
+                    f"connected machine (`hf download {HUB_REPO}`) and copy the cache ({_hf_cache_dir()}), "
+                    "or pass weights=<the snapshot folder with config.json and model.safetensors>, or use "
+                    "weights='random'.",
+                    weights_file=filename,
+                    expected_path=str(path),
+                ) from err
+        label = "pretrained"
+    elif isinstance(weights, str | os.PathLike):
+        folder = Path(weights)
+        if not folder.is_dir():
+            raise CheckpointError(
+                f"weights={str(weights)!r}: Deformable DETR loads a snapshot folder (config.json and "
+                "model.safetensors, as `hf download SenseTime/deformable-detr --local-dir DIR` writes), "
+                "or 'pretrained' or 'random'."
+            )
+        label = folder.name
+    else:
+        raise CheckpointError(
+            f"weights must be 'pretrained', 'random' or a path, got {type(weights).__name__}."
+        )
+    _report(progress, f"Building {entry.name}", None)
+    bundle = build_deformable_detr(folder, device=dev)
+    bundle.weights, bundle.untrained = label, label == "random"
+    _report(progress, f"{entry.name} ready on {dev}", 1.0)
+    return LoadedModel(
+        spec=_spec(entry),
+        module=bundle.module,
+        transform=_no_transform,
+        mean=bundle.mean,
+        std=bundle.std,
+        categories=bundle.labels,
+        weights=label,
+        untrained=label == "random",
+        device=dev,
+        taps=[],
+        lock=bundle.lock,
+        detector=bundle,
+    )
+
+
+def _no_transform(image: Image.Image) -> torch.Tensor:
+    raise TypeError("a detector preprocesses whole batches: use attnviz.analyze")
+
+
 def load_model(
     name: str,
     *,
@@ -611,6 +694,8 @@ def load_model(
     """
     entry = _entry(name)
     dev = resolve_device(device)
+    if entry.source == "transformers":
+        return _load_detector(entry, weights, dev, progress)
     checkpoint: dict[str, torch.Tensor] | None = None
     pretrained_file: Path | None = None
     if isinstance(weights, os.PathLike) or (

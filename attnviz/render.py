@@ -31,6 +31,7 @@ __all__ = [
     "PLOTLYJS_FILENAME",
     "block_channel_heatmap",
     "channel_bar",
+    "draw_detections",
     "figure_to_html",
     "gate_stats",
     "gate_stats_figure",
@@ -870,6 +871,34 @@ def sampling_figure(image: Image.Image | np.ndarray, samples, *, title: str | No
         fig.update_yaxes(visible=False, range=[rgb.shape[0] - 0.5, -0.5], row=1, col=col)
     fig.update_layout(title=title, legend={"orientation": "h"})
     return fig
+
+
+def draw_detections(image: Image.Image | np.ndarray, detections, *, top: int = 20) -> Image.Image:
+    """A detector's boxes with their label and score drawn on a copy of the image.
+
+    Args:
+        image: the model input, PIL or ``[H, W, 3]`` uint8.
+        detections: an :class:`attnviz.records.Detections` (boxes in the image's pixels).
+        top: draw at most this many, highest score first.
+
+    Returns:
+        An RGB ``PIL.Image.Image`` of the image's size.
+    """
+    from PIL import ImageDraw
+
+    img = Image.fromarray(_as_rgb_array(image).copy())
+    draw = ImageDraw.Draw(img)
+    width = max(2, round(min(img.size) / 250))
+    for k in range(min(int(top), len(detections.labels))):
+        x0, y0, x1, y1 = (float(v) for v in detections.boxes[k])
+        colour = _group_colour(int(detections.classes[k]))
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
+        text = f"{detections.labels[k]} {float(detections.scores[k]):.0%}"
+        left, top_, right, bottom = draw.textbbox((x0, y0), text)
+        ty = max(0.0, y0 - (bottom - top_) - 2)
+        draw.rectangle([x0, ty, x0 + (right - left) + 4, ty + (bottom - top_) + 2], fill=colour)
+        draw.text((x0 + 2, ty), text, fill=(255, 255, 255))
+    return img
 
 
 def offset_field_figure(image: Image.Image | np.ndarray, field, *, title: str | None = None) -> go.Figure:

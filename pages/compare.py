@@ -505,6 +505,16 @@ def _column(
         st.plotly_chart(_compact(render.top5_bar(analysis.top5), 260), key=f"compare_top5_{model}")
         _download("Top-5 (CSV)", functools.partial(top5_csv, analysis), f"{stem}_top5.csv", "text/csv",
                   f"compare_dl_top5_{model}")  # fmt: skip
+    elif analysis.detections is not None:
+        det = analysis.detections
+        listed = ", ".join(
+            f"{label} {score:.0%}" for label, score in zip(det.labels[:8], det.scores[:8], strict=False)
+        )
+        st.image(
+            render.draw_detections(img, det),
+            caption=f"{len(det.labels)} detection(s) with score > 50 %" + (f": {listed}" if listed else ""),
+            width="stretch",
+        )
     else:
         st.caption(f"{model} has no classifier (self-supervised features): no predictions, no Grad-CAM.")
 

@@ -489,3 +489,34 @@ def test_deformable_sampling_views_answer_a_query_point() -> None:
     assert any("every query shares these 144 sampled keys per group" in c.value for c in at.caption)
     [query] = [t for t in markdown_texts(at) if t.startswith("**Query")]
     assert query.startswith("**Query 0** of `attn2.body`: 2 groups × 144 points")
+
+
+@pytest.mark.slow
+def test_deformable_detr_detections_and_decoder_queries_in_the_app() -> None:
+    at = open_app()
+    at.multiselect(key="compare_models").set_value(["deformable_detr", "zoo_deform"]).run()
+    at.button(key="compare_run").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    detr = model_column(at, "deformable_detr")
+    assert any("detection(s) with score > 50 %" in c for c in all_image_captions(detr))
+    [analysis] = [a for k, a in at.session_state["compare_results"].items() if k[1] == "deformable_detr"]
+    records = analysis.sampling_points
+    # the deformable section: DETR first; its last layer is a decoder layer
+    at.select_slider(key=f"compare_deform_layer_{len(records)}").set_value(len(records) - 1).run()
+    assert not at.exception, at.exception
+    det = analysis.detections
+    [query] = [t for t in markdown_texts(at) if t.startswith("**Query")]
+    if len(det.labels):  # a detected object picks the query
+        assert query.startswith(f"**Query {int(det.query_index[0])}**")
+        assert at.selectbox(key="compare_deform_object").options[0].startswith(det.labels[0])
+    assert "8 heads × 16 points" in query and "decoder.layers.5" in query
+    # an encoder layer: the query comes from the pixel sliders
+    at.select_slider(key=f"compare_deform_layer_{len(records)}").set_value(0).run()
+    at.slider(key="compare_deform_y").set_value(100)
+    at.slider(key="compare_deform_x").set_value(200).run()
+    assert not at.exception, at.exception
+    [query] = [t for t in markdown_texts(at) if t.startswith("**Query")]
+    assert query.startswith(
+        f"**Query {attnviz.sampling.nearest_query(records[0], (100, 200), analysis.input_image.shape[:2])}**"
+    )

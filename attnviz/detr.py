@@ -1,0 +1,522 @@
+"""Deformable DETR (transformers): multi-scale deformable attention and detections.
+
+Paper: "Deformable DETR: Deformable Transformers for End-to-End Object Detection",
+Zhu et al., ICLR 2021, https://arxiv.org/abs/2010.04159. Model: transformers'
+``DeformableDetrForObjectDetection`` (checkpoint ``SenseTime/deformable-detr``), run with
+``attn_implementation="eager"``.
+
+Each ``DeformableDetrMultiscaleDeformableAttention`` (encoder self-attention, decoder cross-attention)
+lets every query look at ``points`` sampled positions on each of ``levels`` feature maps, per head.
+The module returns its attention weights ``[B, Q, heads, levels, points]`` but not where it
+sampled: the sampling locations ``[B, Q, heads, levels, points, 2]`` (normalised (x, y) in [0, 1]
+of each level's padded map) are positional argument 4 of its inner ``.attn``
+(``MultiScaleDeformableAttention``), and the reference points ``[B, Q, levels, 2]`` reach the
+module as the keyword argument ``reference_points``. Taps with ``read_input`` read those call
+arguments inside the one :class:`attnviz.capture.Capture`.
+
+Pixel convention (every record is in model-input pixels, (y, x), pixel centres at integers, the
+origin at the top-left of the padded input, which is also the top-left of the valid image):
+
+``grid_sample(align_corners=False)`` reads level ``l`` (``H_l x W_l`` cells) at cell coordinate
+``f_x = loc_x * W_l - 0.5`` (cell centres at integers). The model treats the valid cells of each
+level as tiling the valid image: decoder reference points are box centres normalised to the valid
+image and reach level ``l`` multiplied by its valid ratio ``Wv_l / W_l`` (``Wv_l`` = valid cells),
+and encoder queries' reference points are their cell centres normalised the same way. So cell
+``j`` of level ``l`` covers input pixels ``[j * s_l, (j + 1) * s_l)`` with the level's effective
+stride ``s_l = W_valid / Wv_l`` (``W_valid``: valid input width), whose centre is pixel
+``(j + 0.5) * s_l - 0.5``, and::
+
+    x = (f_x + 0.5) * s_l - 0.5 = loc_x * W_l * W_valid / Wv_l - 0.5        (y alike)
+
+For an unpadded image ``Wv_l = W_l`` and ``x = loc_x * W - 0.5`` on every level. With this
+convention a decoder query's reference point lands on the same pixel on every level, an encoder
+query's reference point on the centre of its own cell, and both match the boxes of
+:class:`~attnviz.records.Detections` (``box_x = u * W_valid`` for normalised ``u``). The strides
+are not the backbone's nominal 8/16/32/64 when the input is not a multiple of them (the feature
+maps are ceil-rounded): ``s_l`` is what the model's coordinates imply.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .analysis import _as_pil, _display_images
+from .capture import Capture, Tap
+from .errors import CheckpointError, WeightsUnavailableError
+from .models import resolve_device
+from .records import Analysis, Detections, SamplingPoints
+
+__all__ = [
+    "COCO_LABELS",
+    "HUB_REPO",
+    "DetrBundle",
+    "analyze_detr",
+    "build_deformable_detr",
+    "cached_pretrained_dir",
+]
+
+log = logging.getLogger(__name__)
+
+#: The Hugging Face repository of the pretrained model.
+HUB_REPO = "SenseTime/deformable-detr"
+
+#: Weight files a local snapshot may hold (``from_pretrained`` reads either).
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _coco_labels() -> tuple[str, ...]:
+    # torchvision's COCO list uses the 91 original category ids (gaps are "N/A"), as DETR's
+    # id2label does; only id 0 differs ("__background__" there, "N/A" in DETR's config).
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    categories = FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"]
+    return ("N/A", *categories[1:])
+
+
+#: The 91 COCO category names by original COCO id, as in ``SenseTime/deformable-detr``'s
+#: ``config.id2label`` (id 0 and the ids COCO never used are ``"N/A"``).
+COCO_LABELS: tuple[str, ...] = _coco_labels()
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _detr_taps(model: nn.Module) -> list[Tap]:
+    """Taps on every multi-scale deformable attention of a ``DeformableDetrForObjectDetection``.
+
+    Per module (``layer`` = its qualified name): ``"points"`` (``.attn`` positional input 4,
+    ``[B, Q, heads, levels, points, 2]``), ``"attn"`` (the module's output 1, ``[B, Q, heads,
+    levels, points]``), ``"reference"`` (keyword input ``reference_points``, ``[B, Q, levels, 2 or
+    4]``), ``"levels"`` (keyword input ``spatial_shapes``, ``[levels, 2]``). And the encoder's
+    ``valid_ratios`` ``[B, levels, 2]`` (w, h) under the layer ``"model.encoder"``.
+    """
+    from transformers.models.deformable_detr.modeling_deformable_detr import (
+        DeformableDetrMultiscaleDeformableAttention,
+    )
+
+    sampling = {"record": "sampling", "read": _same}
+    encoder = model.model.encoder
+    taps: list[Tap] = [
+        Tap(
+            "model.encoder",
+            encoder,
+            "detr_valid_ratios",
+            **sampling,
+            part="valid_ratios",
+            read_input="valid_ratios",
+        )
+    ]
+    for stack, kind in (("encoder", "detr_encoder"), ("decoder", "detr_decoder")):
+        for name, module in getattr(model.model, stack).named_modules(prefix=f"model.{stack}"):
+            if not isinstance(module, DeformableDetrMultiscaleDeformableAttention):
+                continue
+            taps += [
+                Tap(name, module.attn, kind, **sampling, part="points", read_input=4),
+                Tap(name, module, kind, **sampling, part="attn", output_index=1),
+                Tap(name, module, kind, **sampling, part="reference", read_input="reference_points"),
+                Tap(name, module, kind, **sampling, part="levels", read_input="spatial_shapes"),
+            ]
+    return taps
+
+
+# --- model and preprocessing ---------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class DetrBundle:
+    """A Deformable DETR ready for :func:`analyze_detr`.
+
+    Attributes:
+        module: ``DeformableDetrForObjectDetection`` in eval mode, parameters frozen, eager attention.
+        processor: the ``DeformableDetrImageProcessor`` that prepares its input.
+        labels: class names by class id (``config.id2label``), COCO's 91 ids for the pretrained model.
+        mean, std: the normalisation the processor applies (to undo it for display).
+        weights: ``"pretrained"`` or ``"random"``.
+        untrained: True for random weights.
+        device: where the module lives.
+        name: model name for :class:`~attnviz.records.Analysis`.
+        lock: hold it while running the module; the model may be shared between sessions.
+    """
+
+    module: nn.Module
+    processor: Any
+    labels: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights: str
+    untrained: bool
+    device: torch.device
+    name: str = "deformable_detr"
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def preprocess(self, images: Sequence[Image.Image | np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The processor's resize, rescale, normalise and pad, on the module's device.
+
+        Each image is resized so that its shorter side is ``shortest_edge`` (800) unless the longer
+        side would then exceed ``longest_edge`` (1333); a batch of different sizes is zero-padded at
+        the bottom and right to the largest height and width, as the processor does.
+
+        Args:
+            images: RGB PIL images or ``[H, W, 3]`` uint8 arrays.
+
+        Returns:
+            ``pixel_values`` ``[B, 3, H, W]`` float and ``pixel_mask`` ``[B, H, W]`` int64 (1 on
+            each image's valid region, 0 on padding).
+        """
+        if isinstance(images, Image.Image | np.ndarray):
+            images = [images]
+        if not images:
+            raise ValueError("preprocess needs at least one image")
+        batch = self.processor(images=[_as_pil(img) for img in images], return_tensors="pt")
+        return batch["pixel_values"].to(self.device), batch["pixel_mask"].to(self.device)
+
+
+def cached_pretrained_dir(cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The snapshot folder of ``SenseTime/deformable-detr`` in the local Hugging Face cache, if any.
+
+    Looks only at the cache (no network): the folder must hold ``config.json`` and a weight file.
+
+    Args:
+        cache_dir: the hub cache to look in (default: the Hugging Face default, ``$HF_HUB_CACHE``).
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(HUB_REPO, "config.json", cache_dir=cache_dir)
+    if not isinstance(hit, str) or not os.path.isfile(hit):
+        return None
+    folder = Path(hit).parent
+    return folder if any((folder / f).is_file() for f in _WEIGHT_FILES) else None
+
+
+def _default_config():
+    from transformers import DeformableDetrConfig
+
+    # The timm ResNet-50 backbone is built with random weights (use_pretrained_backbone is False
+    # in transformers 5's default timm backbone config): nothing is downloaded.
+    return DeformableDetrConfig(id2label=dict(enumerate(COCO_LABELS)))
+
+
+def _check_offline_backbone(config) -> None:
+    backbone = getattr(config, "backbone_config", None)
+    flags = (
+        getattr(backbone, "use_pretrained_backbone", False),
+        getattr(config, "use_pretrained_backbone", False),
+    )
+    if any(flags):
+        raise ValueError(
+            "config asks for a pretrained backbone (use_pretrained_backbone=True), which would be "
+            "downloaded: set it to False"
+        )
+
+
+def _unavailable(folder: Path, filename: str) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"Deformable DETR weights are missing: {folder} has no {filename}. Download the Hugging Face "
+        f"repo {HUB_REPO} on a connected machine (`hf download {HUB_REPO} --local-dir <folder>`), "
+        "copy the folder here and pass it, or use random weights (pretrained_dir=None).",
+        weights_file=filename,
+        expected_path=str(folder / filename),
+    )
+
+
+def _load_pretrained(folder: Path):
+    from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection
+
+    if not folder.is_dir():
+        raise _unavailable(folder, "config.json")
+    if not (folder / "config.json").is_file():
+        raise _unavailable(folder, "config.json")
+    if not any((folder / f).is_file() for f in _WEIGHT_FILES):
+        raise _unavailable(folder, _WEIGHT_FILES[0])
+    try:
+        config = DeformableDetrConfig.from_pretrained(str(folder), local_files_only=True)
+        backbone = getattr(config, "backbone_config", None)
+        if getattr(backbone, "use_pretrained_backbone", False):
+            backbone.use_pretrained_backbone = False  # the checkpoint holds the backbone weights
+        return DeformableDetrForObjectDetection.from_pretrained(
+            str(folder), config=config, attn_implementation="eager", local_files_only=True
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise CheckpointError(f"Deformable DETR snapshot {folder} could not be loaded: {reason}") from err
+
+
+def _processor(folder: Path | None, shortest_edge: int, longest_edge: int):
+    from transformers import DeformableDetrImageProcessor
+
+    size = {"shortest_edge": shortest_edge, "longest_edge": longest_edge}
+    if folder is not None and (folder / "preprocessor_config.json").is_file():
+        # the snapshot's own settings (the hub's are the defaults below), read from the folder only
+        return DeformableDetrImageProcessor.from_pretrained(str(folder), local_files_only=True, size=size)
+    # constructed in code from the class defaults (bilinear resize, 1/255, ImageNet mean/std,
+    # pad bottom-right with a pixel mask): no hub call
+    return DeformableDetrImageProcessor(size=size)
+
+
+def build_deformable_detr(
+    pretrained_dir: str | os.PathLike | None,
+    *,
+    config=None,
+    device: str | torch.device = "cpu",
+    shortest_edge: int = 800,
+    longest_edge: int = 1333,
+) -> DetrBundle:
+    """Deformable DETR with its preprocessing, pretrained from a local snapshot or random.
+
+    Args:
+        pretrained_dir: a local snapshot folder of ``SenseTime/deformable-detr`` (``config.json``
+            plus ``model.safetensors`` or ``pytorch_model.bin``, e.g. from
+            :func:`cached_pretrained_dir`), or None for random weights. Nothing is downloaded.
+        config: a ``DeformableDetrConfig`` for random weights (default: the pretrained model's
+            architecture with a random timm ResNet-50 backbone and COCO's 91 labels). It must not
+            ask for a pretrained backbone. Not allowed together with ``pretrained_dir``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        shortest_edge, longest_edge: the processor's resize (800 and 1333 for the pretrained model).
+
+    Returns:
+        The :class:`DetrBundle`, module in eval mode with frozen parameters and eager attention.
+
+    Raises:
+        ValueError: bad sizes, both ``pretrained_dir`` and ``config``, or a config that would download.
+        WeightsUnavailableError: ``pretrained_dir`` lacks ``config.json`` or the weights.
+        CheckpointError: a snapshot that transformers cannot load.
+    """
+    for name, value in (("shortest_edge", shortest_edge), ("longest_edge", longest_edge)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if shortest_edge > longest_edge:
+        raise ValueError(f"shortest_edge ({shortest_edge}) must not exceed longest_edge ({longest_edge})")
+    if pretrained_dir is not None and config is not None:
+        raise ValueError("pass either pretrained_dir or config, not both")
+    dev = resolve_device(device)
+    folder = Path(pretrained_dir) if pretrained_dir is not None else None
+    if folder is not None:
+        module = _load_pretrained(folder)
+    else:
+        from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection
+
+        if config is None:
+            config = _default_config()
+        elif not isinstance(config, DeformableDetrConfig):
+            raise TypeError(f"config must be a DeformableDetrConfig, got {type(config).__name__}")
+        else:
+            config = copy.deepcopy(config)
+        _check_offline_backbone(config)
+        module = DeformableDetrForObjectDetection(config)
+        module.set_attn_implementation("eager")
+    module.eval().requires_grad_(False).to(dev)
+    processor = _processor(folder, shortest_edge, longest_edge)
+    id2label = module.config.id2label
+    labels = tuple(str(id2label.get(i, f"class {i}")) for i in range(module.config.num_labels))
+    return DetrBundle(
+        module=module,
+        processor=processor,
+        labels=labels,
+        mean=tuple(float(v) for v in processor.image_mean),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in processor.image_std),  # type: ignore[arg-type]
+        weights="pretrained" if folder is not None else "random",
+        untrained=folder is None,
+        device=dev,
+    )
+
+
+# --- from captured tensors to records ------------------------------------------------------------
+
+
+def _level_scales(
+    shapes: np.ndarray, valid_ratios: np.ndarray, valid_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[L]`` factors (y, x) from normalised level coordinates to input pixels (before the -0.5).
+
+    ``shapes`` ``[L, 2]`` (H_l, W_l); ``valid_ratios`` ``[L, 2]`` (w, h) as the model computed them;
+    the factor is ``H_l * H_valid / Hv_l`` with ``Hv_l`` the valid cells (see the module docstring).
+    """
+    cells_h = np.maximum(np.rint(valid_ratios[:, 1] * shapes[:, 0]), 1)
+    cells_w = np.maximum(np.rint(valid_ratios[:, 0] * shapes[:, 1]), 1)
+    return shapes[:, 0] * valid_hw[0] / cells_h, shapes[:, 1] * valid_hw[1] / cells_w
+
+
+def _sampling_record(
+    layer: str,
+    parts: dict[str, np.ndarray],
+    valid_ratios: np.ndarray,
+    valid_hw: tuple[int, int],
+    block: int,
+    untrained: bool,
+) -> SamplingPoints:
+    """One image's :class:`SamplingPoints` from a module's captured tensors (batch index removed)."""
+    kind = "detr_encoder" if layer.startswith("model.encoder") else "detr_decoder"
+    loc = parts["points"]  # [Q, G, L, P, 2] (x, y)
+    weights = parts["attn"]  # [Q, G, L, P]
+    ref = parts["reference"][..., :2]  # [Q, L, 2] (x, y); box references keep their centre
+    shapes = parts["levels"].round().astype(np.int64)  # [L, 2] (H_l, W_l)
+    q, g, n_levels, n_points, _ = loc.shape
+    if shapes.shape != (n_levels, 2) or ref.shape != (q, n_levels, 2) or weights.shape != loc.shape[:-1]:
+        raise RuntimeError(
+            f"{layer}: captured shapes do not fit together: locations {loc.shape}, weights "
+            f"{weights.shape}, reference {parts['reference'].shape}, levels {shapes.shape}"
+        )
+    sy, sx = _level_scales(shapes.astype(np.float64), valid_ratios.astype(np.float64), valid_hw)
+    scale = np.stack([sy, sx], -1)  # [L, 2] (y, x)
+    points = loc[..., ::-1] * scale[None, None, :, None] - 0.5  # [Q, G, L, P, 2] (y, x)
+    ref_pix = ref[..., ::-1] * scale[None] - 0.5  # [Q, L, 2]
+    reference = np.broadcast_to(ref_pix[:, None, :, None], points.shape)
+    if kind == "detr_encoder":
+        # each query is a cell of its own level: its reference on that level is the cell centre
+        own_level = np.repeat(np.arange(n_levels), shapes[:, 0] * shapes[:, 1])
+        if own_level.shape[0] != q:
+            raise RuntimeError(
+                f"{layer}: {q} encoder queries but the levels {shapes.tolist()} hold {len(own_level)}"
+            )
+        query_points = ref_pix[np.arange(q), own_level]
+        dtype = np.float16  # ~18k queries at 800 px: half the memory; 0.5 px steps below 1024 px
+    else:
+        query_points = ref_pix[:, 0]
+        dtype = np.float32
+    return SamplingPoints(
+        layer=layer,
+        kind=kind,
+        points=points.reshape(q, g, n_levels * n_points, 2).astype(dtype),
+        reference=reference.reshape(q, g, n_levels * n_points, 2).astype(dtype),
+        weights=weights.reshape(q, g, n_levels * n_points).astype(dtype),
+        query_grid=None,
+        block=block,
+        untrained=untrained,
+        levels=tuple((int(h), int(w)) for h, w in shapes),
+        query_points=query_points.astype(np.float32),
+        group_name="head",
+    )
+
+
+def _center_to_corners(boxes: torch.Tensor) -> torch.Tensor:
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
+
+
+def _detections(
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    valid_hw: tuple[int, int],
+    labels: Sequence[str],
+    threshold: float,
+    top: int,
+    layer: str,
+    untrained: bool,
+) -> Detections:
+    """transformers' ``post_process_object_detection`` for one image, keeping each query index.
+
+    ``logits`` ``[Q, C]``, ``boxes`` ``[Q, 4]`` (cx, cy, w, h) normalised to the valid image. Scores
+    are sigmoids (focal loss: each class on its own); the ``top`` best (query, class) pairs are kept
+    when their score exceeds ``threshold``. Boxes are scaled to the valid image and clipped to it.
+    """
+    prob = logits.float().sigmoid().flatten()
+    scores, index = prob.topk(min(top, prob.numel()))
+    n_classes = logits.shape[-1]
+    query, classes = index // n_classes, index % n_classes
+    keep = scores > threshold
+    scores, query, classes = scores[keep], query[keep], classes[keep]
+    h, w = valid_hw
+    xyxy = _center_to_corners(boxes.float()[query]) * torch.tensor([w, h, w, h], dtype=torch.float32)
+    xyxy = torch.minimum(xyxy.clamp(min=0), torch.tensor([w, h, w, h], dtype=torch.float32))
+    return Detections(
+        layer=layer,
+        boxes=xyxy.numpy(),
+        scores=scores.numpy().astype(np.float32),
+        classes=classes.numpy().astype(np.int64),
+        labels=tuple(labels[int(c)] if int(c) < len(labels) else f"class {int(c)}" for c in classes),
+        query_index=query.numpy().astype(np.int64),
+        untrained=untrained,
+    )
+
+
+def _capture(
+    bundle: DetrBundle, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
+) -> tuple[Any, dict[str, dict[str, torch.Tensor]]]:
+    """One forward under capture: (model outputs, ``{layer: {part: batched CPU float32 tensor}}``)."""
+    taps = _detr_taps(bundle.module)
+    with Capture(bundle.module, taps) as cap, torch.inference_mode():
+        outputs = bundle.module(pixel_values=pixel_values, pixel_mask=pixel_mask)
+    captured: dict[str, dict[str, torch.Tensor]] = {}
+    for tap, value in cap.results():
+        captured.setdefault(tap.layer, {})[tap.part] = value  # a module run twice keeps its last call
+    return outputs, captured
+
+
+def analyze_detr(
+    bundle: DetrBundle,
+    images: Sequence[Image.Image | np.ndarray],
+    *,
+    threshold: float = 0.5,
+    top: int = 100,
+) -> list[Analysis]:
+    """Run ``images`` through Deformable DETR in one batched forward and capture its deformable attention.
+
+    Args:
+        bundle: from :func:`build_deformable_detr`; its lock is held for the whole run.
+        images: RGB PIL images or ``[H, W, 3]`` uint8 arrays; a batch of different sizes is padded.
+        threshold: keep detections whose score exceeds it, in [0, 1).
+        top: the most detections per image (transformers' ``top_k``), at least 1.
+
+    Returns:
+        One :class:`~attnviz.records.Analysis` per image (``top5`` empty), its records in forward
+        order: one :class:`~attnviz.records.SamplingPoints` per encoder layer (kind
+        ``"detr_encoder"``; Q = every cell of every level, level by level, row-major, so ``levels``
+        gives the layout; G = heads; P = levels x points, level-major; points, reference and weights
+        stored as float16, which halves ~100 MB per image at 800 px and keeps pixels to 0.5 px below
+        1024 and 1 px up to 2048), one per decoder layer (kind ``"detr_decoder"``, Q = the object
+        queries, float32), then the :class:`~attnviz.records.Detections`, highest score first.
+        Points are in model-input pixels (y, x) as derived in the module docstring; ``reference``
+        is the query's reference point on each point's level; ``query_points`` is an encoder
+        query's cell centre or a decoder query's reference point. ``input_image`` is the valid
+        (unpadded) region of the model input, so every coordinate refers to it.
+    """
+    if not isinstance(bundle, DetrBundle):
+        raise TypeError(
+            f"bundle must be a DetrBundle from build_deformable_detr, got {type(bundle).__name__}"
+        )
+    if isinstance(images, Image.Image | np.ndarray):
+        images = [images]
+    if not images:
+        raise ValueError("analyze_detr needs at least one image")
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold < 1:
+        raise ValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be a positive int, got {top!r}")
+    with bundle.lock:
+        pixel_values, pixel_mask = bundle.preprocess(images)
+        outputs, captured = _capture(bundle, pixel_values, pixel_mask)
+    mask = pixel_mask.cpu().bool()
+    valid = [(int(m[:, 0].sum()), int(m[0, :].sum())) for m in mask]
+    shown = _display_images(pixel_values, bundle.mean, bundle.std)
+    valid_ratios = captured.pop("model.encoder")["valid_ratios"].numpy()  # [B, L, 2] (w, h)
+    logits, boxes = outputs.logits.cpu(), outputs.pred_boxes.cpu()
+    head = f"class_embed.{len(bundle.module.class_embed) - 1}"
+
+    results = []
+    for i, (h, w) in enumerate(valid):
+        records: list = []
+        for block, (layer, parts) in enumerate(captured.items()):
+            per_image = {k: (v if k == "levels" else v[i]).numpy() for k, v in parts.items()}
+            records.append(
+                _sampling_record(layer, per_image, valid_ratios[i], (h, w), block, bundle.untrained)
+            )
+        records.append(
+            _detections(logits[i], boxes[i], (h, w), bundle.labels, threshold, top, head, bundle.untrained)
+        )
+        results.append(
+            Analysis(bundle.name, bundle.weights, bundle.untrained, shown[i, :h, :w], (), tuple(records))
+        )
+    return results
