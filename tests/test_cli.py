@@ -36,6 +36,7 @@ MODELS = {
     "halonet26t",
     "vit_b_16",
     "swin_t",
+    "deformable_detr",
     "dat_tiny",
     "resnet50",
 } | {

@@ -32,6 +32,7 @@ ZOO = {
     "halonet26t": ("timm", ("halo",)),
     "vit_b_16": ("torchvision", ("vit",)),
     "swin_t": ("torchvision", ("swin",)),
+    "deformable_detr": ("transformers", ("detr_encoder", "detr_decoder")),
     "dat_tiny": ("official", ("dat", "dat_window")),
     "resnet50": ("torchvision", ()),
 }
@@ -72,6 +73,7 @@ def test_list_models_describes_the_zoo(offline):
     assert {n for n, s in specs.items() if not s.classifier} == {
         "vit_small_patch16_224.dino",
         "vit_small_patch14_reg4_dinov2",
+        "deformable_detr",  # a detector: detections instead of classes
     }
 
 
