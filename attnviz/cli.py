@@ -234,6 +234,10 @@ def _check_analyze_args(args: argparse.Namespace) -> list[str]:
 
 
 def _top1(analysis: Analysis) -> str:
+    det = analysis.detections
+    if det is not None:
+        best = f" (best: {det.labels[0]} {float(det.scores[0]):.0%})" if det.labels else ""
+        return f"{len(det.labels)} detection(s){best}"
     if not analysis.top5:
         return "no prediction"
     best = analysis.top5[0]
@@ -279,7 +283,8 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(f"{name} ({results[0].weights} weights{untrained})\n")
         for image, analysis in zip(names, results, strict=True):
             where = target / next(folders)
-            out.write(f"  {image}: top-1 {_top1(analysis)}, {len(analysis.records)} records -> {where}/\n")
+            head = "" if analysis.detections is not None else "top-1 "
+            out.write(f"  {image}: {head}{_top1(analysis)}, {len(analysis.records)} records -> {where}/\n")
     out.write(f"Wrote {len(files)} files to {target} (see {target / SUMMARY_FILENAME}).\n")
     return EXIT_OK
 
