@@ -417,6 +417,7 @@ TRANSFORMERS = [
     "halonet26t",
     "vit_b_16",
     "swin_t",
+    "dat_tiny",  # local and shifted windows in stages 1-2, deformable attention after
 ]
 
 
@@ -445,6 +446,9 @@ def test_every_transformer_is_browsable_in_the_app(model: str) -> None:
     assert any(f"head {heads - 1}" in c for c in all_image_captions(at))
     grid = [c for c in all_image_captions(at) if c.startswith("Every layer")]
     assert len(grid) == 1
+    # DAT-T: its deformable blocks in the sampling section, with their shared keys
+    deformable = any(s.value.startswith("Deformable sampling") for s in at.subheader)
+    assert deformable == (model == "dat_tiny")
 
 
 @pytest.mark.slow
