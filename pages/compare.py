@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
@@ -58,6 +59,10 @@ SCENES = {f"scene_{name}_{seed}.png": (seed, name) for seed, name in ((1, "star"
 
 # Analyses kept per session; the oldest ones beyond this are dropped (never the current run's).
 MAX_STORED = 96
+
+# ... and at most this many bytes of arrays (a ViT-B result is ~25 MB, a Deformable DETR one ~140 MB
+# at 800 px): the oldest results beyond it are dropped, never the current run's.
+MAX_STORED_BYTES = 800 * 2**20
 
 # Session-state keys (widgets and stored data); the sidebar's keys belong to app.py.
 UPLOADS_KEY = "compare_uploads"
@@ -150,6 +155,29 @@ def _trim(store: dict, limit: int, keep: Iterable[object] = ()) -> None:
         if len(store) <= limit:
             break
         if key not in protected:
+            del store[key]
+
+
+def analysis_nbytes(analysis: attnviz.Analysis) -> int:
+    """Bytes held by the numpy arrays of one result (its image and every record)."""
+    total = analysis.input_image.nbytes
+    for rec in analysis.records:
+        for value in vars(rec).values():
+            if isinstance(value, np.ndarray):
+                total += value.nbytes
+    return total
+
+
+def _trim_bytes(store: dict, limit: int, keep: Iterable[object] = ()) -> None:
+    """Drop the oldest results of ``store`` until their arrays hold at most ``limit`` bytes."""
+    protected = set(keep)
+    sizes = {key: analysis_nbytes(a) for key, a in store.items()}
+    total = sum(sizes.values())
+    for key in list(store):
+        if total <= limit:
+            break
+        if key not in protected:
+            total -= sizes[key]
             del store[key]
 
 
@@ -414,6 +442,7 @@ def _run(config: RunConfig, decoded: dict[str, Image.Image]) -> None:
         status.update(label=label, state="error" if failed == n else "complete", expanded=False)
     keep = [config.result_key(ref, m) for ref in config.images for m in config.models]
     _trim(results, MAX_STORED, keep=keep)
+    _trim_bytes(results, MAX_STORED_BYTES, keep=keep)
 
 
 # --------------------------------------------------------------------------------------------------

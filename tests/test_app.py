@@ -524,3 +524,17 @@ def test_deformable_detr_detections_and_decoder_queries_in_the_app() -> None:
     assert query.startswith(
         f"**Query {attnviz.sampling.nearest_query(records[0], (100, 200), analysis.input_image.shape[:2])}**"
     )
+
+
+def test_stored_results_are_trimmed_by_bytes_keeping_the_current_run(compare_page: ModuleType) -> None:
+    def result(mb: int) -> attnviz.Analysis:
+        image = np.zeros((mb * 512, 683, 3), np.uint8)  # ~1 MB per 512 rows
+        return attnviz.Analysis("m", "random", True, image, ())
+
+    store = {f"old{i}": result(2) for i in range(4)} | {"current": result(3)}
+    sizes = {k: compare_page.analysis_nbytes(a) for k, a in store.items()}
+    assert sizes["current"] == 3 * 512 * 683 * 3
+    compare_page._trim_bytes(store, sizes["current"] + 2 * sizes["old0"], keep=["current"])
+    assert list(store) == ["old2", "old3", "current"]  # the oldest go first
+    compare_page._trim_bytes(store, 1, keep=["current"])
+    assert list(store) == ["current"]  # never the current run's
