@@ -67,3 +67,20 @@ def load_page(name: str) -> Iterator[ModuleType]:
     spec.loader.exec_module(module)
     yield module
     sys.modules.pop(spec.name, None)
+
+
+def bilinear_zero_pad(x: torch.Tensor, y: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+    """Sample ``x`` [C, H, W] at float pixel positions (y, xx) [N], zeros outside (torchvision's
+    ``deform_conv2d`` rule); an independent reference for the sampling tests. Returns ``[C, N]``."""
+    c, h, w = x.shape
+    y0, x0 = torch.floor(y).long(), torch.floor(xx).long()
+    out = torch.zeros(c, y.shape[0], dtype=x.dtype)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            yy, xq = y0 + dy, x0 + dx
+            wgt = (1 - (y - yy).abs()) * (1 - (xx - xq).abs())
+            ok = (yy >= 0) & (yy < h) & (xq >= 0) & (xq < w)
+            vals = torch.zeros(c, y.shape[0], dtype=x.dtype)
+            vals[:, ok] = x[:, yy[ok], xq[ok]]
+            out += vals * wgt
+    return out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_norms
+from conftest import bilinear_zero_pad, randomize_norms
 
 import attnviz
 from attnviz.maps import attention_maps
@@ -148,22 +148,6 @@ def test_dat_points_resample_the_keys(scenes):
             np.testing.assert_allclose(rec.weights[0], per_group, rtol=1e-5, atol=1e-8)
 
 
-def _bilinear_zero_pad(x: torch.Tensor, y: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-    """Sample ``x`` [C, H, W] at float pixel positions (y, xx) [N], zero outside (torchvision's rule)."""
-    c, h, w = x.shape
-    y0, x0 = torch.floor(y).long(), torch.floor(xx).long()
-    out = torch.zeros(c, y.shape[0], dtype=x.dtype)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            yy, xq = y0 + dy, x0 + dx
-            wgt = (1 - (y - yy).abs()) * (1 - (xx - xq).abs())
-            ok = (yy >= 0) & (yy < h) & (xq >= 0) & (xq < w)
-            vals = torch.zeros(c, y.shape[0], dtype=x.dtype)
-            vals[:, ok] = x[:, yy[ok], xq[ok]]
-            out += vals * wgt
-    return out
-
-
 def test_deformable_conv_points_reproduce_the_output(scenes):
     model = _model("deform")
     with torch.no_grad():  # non-zero offsets and masks: the zoo initialises them to zero
@@ -184,7 +168,7 @@ def test_deformable_conv_points_reproduce_the_output(scenes):
             assert rec.points.shape == (ho * wo, 1, kh * kw, 2)
             assert np.abs(rec.offsets).max() > 0.1  # the offsets are really there
             feat = torch.tensor(_feature_coords(rec.points[:, 0], (h, w), (96, 96)), dtype=torch.float64)
-            samples = _bilinear_zero_pad(x[i].double(), feat[..., 0].reshape(-1), feat[..., 1].reshape(-1))
+            samples = bilinear_zero_pad(x[i].double(), feat[..., 0].reshape(-1), feat[..., 1].reshape(-1))
             mask = torch.tensor(rec.weights[:, 0], dtype=torch.float64)
             samples = samples.view(cin, ho * wo, kh * kw) * mask
             weight = dc.weight.double().view(dc.weight.shape[0], cin, kh * kw)

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_norms
+from conftest import bilinear_zero_pad, randomize_norms
 
 from attnviz.adapters import find_taps
 from attnviz.capture import Capture
@@ -205,22 +205,6 @@ def test_capture_reads_points_reference_and_attention(model, captured):
         close(attn.sum(-1), torch.ones(1, heads, side * side))
 
 
-def _bilinear_zero_pad(x: torch.Tensor, y: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-    """Sample ``x`` [C, H, W] at float pixel positions (y, xx) [N], zero outside."""
-    c, h, w = x.shape
-    y0, x0 = torch.floor(y).long(), torch.floor(xx).long()
-    out = torch.zeros(c, y.shape[0], dtype=x.dtype)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            yy, xq = y0 + dy, x0 + dx
-            wgt = (1 - (y - yy).abs()) * (1 - (xx - xq).abs())
-            ok = (yy >= 0) & (yy < h) & (xq >= 0) & (xq < w)
-            vals = torch.zeros(c, y.shape[0], dtype=x.dtype)
-            vals[:, ok] = x[:, yy[ok], xq[ok]]
-            out += vals * wgt
-    return out
-
-
 def test_sampled_keys_are_the_input_at_the_captured_points(model, captured):
     _, _, results, _, inputs, sampled = captured
     points = {t.layer: v for t, v in results if t.part == "points"}
@@ -235,7 +219,7 @@ def test_sampled_keys_are_the_input_at_the_captured_points(model, captured):
         # the stated pixel convention: y = (p_y + 1) / 2 * (H - 1)
         py = (pts[0, 0, ..., 0].flatten() + 1) / 2 * (h - 1)
         px = (pts[0, 0, ..., 1].flatten() + 1) / 2 * (w - 1)
-        close(_bilinear_zero_pad(xg[0], py, px), sampled[name][0].flatten(1), rtol=1e-4, atol=1e-5)
+        close(bilinear_zero_pad(xg[0], py, px), sampled[name][0].flatten(1), rtol=1e-4, atol=1e-5)
 
 
 # ---- Window attention against a per-window recomputation ---------------------------------------------

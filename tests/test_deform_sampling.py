@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import bilinear_zero_pad
 from PIL import Image
 from torch import nn
 from torchvision import transforms as T
@@ -68,22 +69,6 @@ def _images(n: int) -> list[np.ndarray]:
     return [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(n)]
 
 
-def _bilinear(x: torch.Tensor, y: torch.Tensor, xq: torch.Tensor) -> torch.Tensor:
-    """x [C, H, W] sampled at float (y, xq) [N], zeros outside (deform_conv2d's rule) -> [C, N]."""
-    c, h, w = x.shape
-    y0, x0 = torch.floor(y), torch.floor(xq)
-    out = torch.zeros(c, y.shape[0], dtype=x.dtype)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            yy, xx = (y0 + dy).long(), (x0 + dx).long()
-            wgt = (1 - (y - yy).abs()) * (1 - (xq - xx).abs())
-            ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-            vals = torch.zeros(c, y.shape[0], dtype=x.dtype)
-            vals[:, ok] = x[:, yy[ok], xx[ok]]
-            out += vals * wgt
-    return out
-
-
 @pytest.mark.parametrize("modulated", [True, False])
 def test_torchvision_deform_conv_points_reproduce_the_output(modulated: bool) -> None:
     torch.manual_seed(0)
@@ -119,7 +104,7 @@ def test_torchvision_deform_conv_points_reproduce_the_output(modulated: bool) ->
         for g in range(groups):
             fy, fx = feat[:, g, :, 0].reshape(-1), feat[:, g, :, 1].reshape(-1)
             chans = x[i, g * per_group : (g + 1) * per_group].double()
-            got = _bilinear(chans, fy, fx).view(per_group, ho * wo, k)
+            got = bilinear_zero_pad(chans, fy, fx).view(per_group, ho * wo, k)
             if modulated:
                 got = got * torch.tensor(rec.weights[:, g], dtype=torch.float64)
             samples[g * per_group : (g + 1) * per_group] = got
