@@ -173,13 +173,7 @@ def _own(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
         yield Tap(name, m.reference, "dat", "sampling", lambda out: out, part="reference", meta=dat)
         yield Tap(name, m.attn_softmax, "dat", "token", lambda out: out, grid_of=m)
     elif isinstance(m, own.DeformConv):
-        meta = {
-            "convention": "deform_conv",
-            "kernel_size": _pair(m.kernel_size),
-            "stride": _pair(m.stride),
-            "padding": _pair(m.padding),
-            "dilation": _pair(m.dilation),
-        }
+        meta = _conv_meta(m)
         yield Tap(
             name, m.offsets, "deform_conv", "sampling", lambda out: out, part="offsets", grid_of=m, meta=meta
         )
@@ -270,16 +264,21 @@ def _dat_window(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
 def _tv_deform(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
     """torchvision ``ops.DeformConv2d``: its offsets (and mask) are arguments of its call, read there."""
     if isinstance(m, TvDeformConv2d):
-        meta = {
-            "convention": "deform_conv",
-            "kernel_size": _pair(m.kernel_size),
-            "stride": _pair(m.stride),
-            "padding": _pair(m.padding),
-            "dilation": _pair(m.dilation),
-        }
+        meta = _conv_meta(m)
         yield Tap(name, m, "deform_conv", "sampling", _same, part="offsets", grid_of=m, meta=meta,
                   read_input="offset")  # fmt: skip
         yield Tap(name, m, "deform_conv", "sampling", _same, part="mask", meta=meta, read_input="mask")
+
+
+def _conv_meta(m: nn.Module) -> dict:
+    """What the deformable-conv record builder needs: the convolution's geometry."""
+    return {
+        "convention": "deform_conv",
+        "kernel_size": _pair(m.kernel_size),
+        "stride": _pair(m.stride),
+        "padding": _pair(m.padding),
+        "dilation": _pair(m.dilation),
+    }
 
 
 def _pair(v) -> tuple[int, int]:

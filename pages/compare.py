@@ -780,16 +780,23 @@ def _stats_tab(analysis: attnviz.Analysis, records) -> None:
     st.caption(stats.how)
 
 
+def _section(title: str, models: list[str], key: str) -> str | None:
+    """A section below the columns for ``models`` (none: nothing drawn); returns the model shown."""
+    if not models:
+        return None
+    st.divider()
+    st.subheader(title)
+    if len(models) == 1:
+        return models[0]
+    return st.segmented_control("Model", models, default=models[0], key=key) or models[0]
+
+
 def _deformable_views(analyses: dict, settings: Settings) -> None:
     """Below the columns: where the deformable modules sample, per query, and their offset fields."""
     with_points = [m for m, a in analyses.items() if a is not None and a.sampling_points]
-    if not with_points:
+    model = _section("Deformable sampling: where each query looks", with_points, DEFORM_MODEL_KEY)
+    if model is None:
         return
-    st.divider()
-    st.subheader("Deformable sampling: where each query looks")
-    model = with_points[0]
-    if len(with_points) > 1:
-        model = st.segmented_control("Model", with_points, default=model, key=DEFORM_MODEL_KEY) or model
     analysis = analyses[model]
     picture = analysis.input_image
     hw = picture.shape[:2]
@@ -869,13 +876,9 @@ def _deformable_views(analyses: dict, settings: Settings) -> None:
 def _transformer_views(config: RunConfig, image: ImageRef, analyses: dict, settings: Settings) -> None:
     """Below the columns: every layer and head of the transformers' self-attention."""
     with_attention = [m for m, a in analyses.items() if a is not None and vit.self_attention_records(a)]
-    if not with_attention:
+    model = _section("Self-attention: layers, heads, query points, rollout", with_attention, VIT_MODEL_KEY)
+    if model is None:
         return
-    st.divider()
-    st.subheader("Self-attention: layers, heads, query points, rollout")
-    model = with_attention[0]
-    if len(with_attention) > 1:
-        model = st.segmented_control("Model", with_attention, default=model, key=VIT_MODEL_KEY) or model
     analysis = analyses[model]
     records = vit.self_attention_records(analysis)
     index = 0
