@@ -13,6 +13,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import streamlit as st
 from conftest import load_page
 from streamlit.testing.v1 import AppTest
 from test_app import BANNER, TIMEOUT, navigation_only, open_app  # noqa: F401  (autouse fixture)
@@ -179,6 +180,7 @@ def test_scene_page_without_committed_weights_names_the_file(monkeypatch: pytest
         )
 
     monkeypatch.setattr(attnviz, "load_model", no_weights)
+    st.cache_resource.clear()  # models that earlier tests loaded would be served from the shared cache
     at = open_page("scene", weights="pretrained")
     columns = zoo_columns(at)
     assert sorted(columns) == sorted(ZOO_MODELS)
