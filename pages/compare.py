@@ -34,7 +34,7 @@ from PIL import Image
 import attnviz
 from attnviz import render, sampling, vit
 from attnviz.export import export_files, zip_bundle
-from attnviz.imageio import ALLOWED_EXTENSIONS
+from attnviz.imageio import ALLOWED_EXTENSIONS, MAX_BYTES, MAX_PIXELS
 from attnviz.maps import AttentionMap, record_map
 from attnviz.samples import list_samples, load_sample
 from attnviz.scenes import CLASSES, SceneParams, make_scene
@@ -303,13 +303,17 @@ def _image_inputs() -> tuple[list[ImageRef], dict[str, Image.Image]]:
     digest in the session), and each refused file gets one error with the loader's message.
     """
     uploads = (
+        # No type= filter: Streamlit checks it by file name on the server and raises for any other
+        # name (a crash for a crafted request). Every file goes through attnviz.load_image instead,
+        # which decides by content and answers each refused file with one message.
         st.file_uploader(
-            "Upload images",
-            type=list(ALLOWED_EXTENSIONS),
+            "Upload images (JPEG, PNG, WebP or GIF)",
             accept_multiple_files=True,
             key=UPLOADS_KEY,
             on_change=_on_upload,
-            help="JPEG, PNG, WebP or GIF. The file's content decides, not its name.",
+            help=f"JPEG, PNG, WebP or GIF ({', '.join(ALLOWED_EXTENSIONS)}), at most "
+            f"{MAX_BYTES // 2**20} MB and {MAX_PIXELS / 1e6:g} megapixels. The file's content decides, not "
+            "its name.",
         )
         or []
     )
