@@ -104,3 +104,26 @@ def test_app_shows_one_message_per_hostile_upload_and_keeps_serving() -> None:
     assert len(at.error) == len(REFUSED)  # still one message each, nothing new
     stored = at.session_state["compare_results"]
     assert len(stored) == 8 and all(a.input_image.shape == (96, 96, 3) for a in stored.values())
+
+
+def test_server_side_limits_live_in_the_streamlit_config() -> None:
+    """The upload cap must be the server's (the widget's own limit is only checked in the browser),
+    and it must agree with the library's byte cap; error details stay out of the browser."""
+    import tomllib
+
+    from attnviz.imageio import MAX_BYTES
+
+    config = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] * 2**20 == MAX_BYTES
+    assert config["server"]["fileWatcherType"] == "none"
+    assert config["client"]["showErrorDetails"] == "none"
+
+
+def test_per_run_caps_of_the_app_and_the_cli() -> None:
+    from conftest import load_page
+
+    from attnviz import cli
+
+    page = next(load_page("compare"))
+    assert (page.MAX_IMAGES, page.MAX_MODELS) == (8, 4)
+    assert (cli.MAX_IMAGES, cli.MAX_MODELS) == (16, 4)
