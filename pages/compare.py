@@ -18,6 +18,7 @@ How state works here:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import hashlib
 import io
@@ -184,6 +185,16 @@ def _trim_bytes(store: dict, limit: int, keep: Iterable[object] = ()) -> None:
 # --------------------------------------------------------------------------------------------------
 # Pure helpers
 # --------------------------------------------------------------------------------------------------
+
+
+def same_run(a: RunConfig, b: RunConfig) -> bool:
+    """True when two run configurations ask for the same images, models, weights and device.
+
+    Compared by value: Streamlit executes this page afresh on every rerun, so a stored
+    ``RunConfig`` is an instance of an earlier run's class, and dataclass ``==`` between two
+    different classes falls back to identity (always unequal).
+    """
+    return dataclasses.astuple(a) == dataclasses.astuple(b)
 
 
 def upload_key(data: bytes) -> str:
@@ -1017,7 +1028,7 @@ def main() -> None:
         else:
             st.info("Press **Run** to analyse the chosen images.")
         return
-    if last != current:
+    if not same_run(last, current):
         st.info("The inputs or settings changed since the last run: press **Run** to update the results.")
     _results(last, settings)
 
