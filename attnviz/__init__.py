@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from . import render, sampling, vit, zoo
 from .analysis import analyze
-from .errors import AttnvizError, CheckpointError, DeviceError, UnknownModelError, WeightsUnavailableError
+from .errors import (
+    AttnvizError,
+    CheckpointError,
+    DeviceError,
+    GPUMemoryError,
+    UnknownModelError,
+    WeightsUnavailableError,
+)
 from .imageio import ImageLoadError, load_image
 from .models import LoadedModel, ModelSpec, get_spec, list_models, load_checkpoint, load_model, resolve_device
 from .records import (
@@ -39,6 +46,7 @@ __all__ = [
     "CheckpointError",
     "Detections",
     "DeviceError",
+    "GPUMemoryError",
     "GradCAM",
     "ImageLoadError",
     "LoadedModel",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .capture import Capture
+from .errors import GPUMemoryError
 from .models import LoadedModel
 from .records import (
     Analysis,
@@ -251,6 +254,128 @@ def _gradcam(
             cam.activations_and_grads.release()
 
 
+@dataclass
+class _Batch:
+    """What one forward (and Grad-CAM) of a batch of images left, on the CPU."""
+
+    size: int
+    values: list
+    grids: dict[str, tuple[int, int]]
+    top_p: torch.Tensor
+    top_i: torch.Tensor
+    cams: np.ndarray | None
+    shown: np.ndarray
+    input_hw: tuple[int, int]
+
+
+def _forward(model: LoadedModel, pil: list[Image.Image], gradcam: bool, topk: int) -> _Batch:
+    """One batched forward with capture, then Grad-CAM; the caller holds ``model.lock``."""
+    batch = model.preprocess(pil)
+    with Capture(model.module, model.taps) as cap, torch.inference_mode():
+        logits = model.module(batch)
+    values, grids = cap.results(), cap.grids()
+    cams = None
+    if model.categories:
+        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        top_p, top_i = probs.topk(topk, dim=-1)
+        if gradcam:
+            token_grid = next(iter(grids.values()), None)
+            cams = _gradcam(model, batch, top_i[:, 0].tolist(), token_grid)
+    else:  # a feature extractor (DINO): attention only
+        top_p = top_i = torch.zeros(len(pil), 0)
+    shown = _display_images(batch, model.mean, model.std)
+    return _Batch(len(pil), values, grids, top_p, top_i, cams, shown, (batch.shape[-2], batch.shape[-1]))
+
+
+def _attempt(
+    forward: Callable[[list[Image.Image]], _Batch], pil: list[Image.Image]
+) -> tuple[_Batch | None, str]:
+    """``(forward(pil), "")``, or ``(None, message)`` when the GPU ran out of memory.
+
+    Returning from the handler drops the exception and its traceback, whose frames hold the
+    failed batch's GPU tensors, before the caller frees the cache.
+    """
+    try:
+        return forward(pil), ""
+    except torch.cuda.OutOfMemoryError as exc:  # torch.OutOfMemoryError, defined without CUDA too
+        return None, str(exc)
+
+
+def _free_gpu_memory() -> None:
+    """Give the failed run's cached GPU blocks back, so that a smaller batch can use them."""
+    gc.collect()  # cycles (e.g. Grad-CAM's hook objects) may still hold tensors of the failed run
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _free_mib(device: torch.device) -> int | None:
+    """Free memory of a CUDA ``device`` in MiB, or None (another device, or not readable)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    try:
+        free, _total = torch.cuda.mem_get_info(device)
+    except RuntimeError:
+        return None
+    return int(free) // 2**20
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _fallback_note(total: int, sizes: list[int]) -> str:
+    """The note for results of a run whose batch of ``total`` images was split into ``sizes``."""
+    distinct = [str(n) for n in sorted(set(sizes), reverse=True)]
+    if distinct == ["1"]:
+        how = "one at a time"
+    else:
+        listed = f"{', '.join(distinct[:-1])} and {distinct[-1]}" if len(distinct) > 1 else distinct[0]
+        how = f"in batches of {listed}"
+    return f"GPU memory ran out for a batch of {_plural(total, 'image')}; they were analysed {how}."
+
+
+def _run_in_batches(
+    model: LoadedModel, pil: list[Image.Image], forward: Callable[[list[Image.Image]], _Batch]
+) -> tuple[list[_Batch], str | None]:
+    """Run all of ``pil`` through ``forward``, halving batches that run out of GPU memory.
+
+    The model stays where it is (it may be shared with other sessions); only the batch shrinks.
+
+    Returns:
+        The batches in input order, and the note for the user when the batch had to be split.
+
+    Raises:
+        GPUMemoryError: a single image still ran out of memory.
+    """
+    done: list[_Batch] = []
+    too_big: int | None = None  # smallest batch size that ran out of memory
+    todo = [pil]  # batches still to run, the next one last
+    while todo:
+        chunk = todo.pop()
+        if too_big is None or len(chunk) < too_big:
+            result, message = _attempt(forward, chunk)
+            if result is not None:
+                done.append(result)
+                continue
+            too_big = len(chunk)
+            _free_gpu_memory()
+            log.warning("%s ran out of GPU memory for %d image(s): %s", model.name, len(chunk), message)
+        if len(chunk) == 1:
+            free = _free_mib(model.device)
+            left = f" ({free} MiB free)" if free is not None else ""
+            raise GPUMemoryError(
+                f"{model.name} ran out of GPU memory even for one image on {model.device}{left}: "
+                "choose the CPU device or a smaller model, or try again when the GPU is less busy.",
+                device=str(model.device),
+                free_mib=free,
+            )
+        half = (len(chunk) + 1) // 2
+        todo += [chunk[half:], chunk[:half]]
+    if too_big is None:
+        return done, None
+    return done, _fallback_note(len(pil), [b.size for b in done])
+
+
 def analyze(
     model: LoadedModel,
     images: Sequence[Image.Image | np.ndarray],
@@ -271,6 +396,15 @@ def analyze(
     Returns:
         One :class:`Analysis` per image, in input order, with every captured record for every
         block (forward order) and, when asked, the Grad-CAM map last.
+
+    When the GPU runs out of memory (in the forward or in Grad-CAM), the cache is freed and the
+    images are run again in halved batches, down to one image per forward; the model is never
+    moved, since other sessions may share it. Such results carry a note in ``Analysis.notes``.
+    (A batch's floating-point sums may round differently from a smaller batch's.)
+
+    Raises:
+        ValueError: no images, a malformed image array, or ``topk`` out of range.
+        GPUMemoryError: the GPU ran out of memory even for a single image.
     """
     if isinstance(images, Image.Image | np.ndarray):
         images = [images]
@@ -285,39 +419,31 @@ def analyze(
         raise ValueError(f"topk must be in [1, {n_classes}], got {topk}")
     pil = [_as_pil(img) for img in images]
     with model.lock:
-        batch = model.preprocess(pil)
-        with Capture(model.module, model.taps) as cap, torch.inference_mode():
-            logits = model.module(batch)
-        values, grids = cap.results(), cap.grids()
-        cams = None
-        if n_classes:
-            probs = torch.softmax(logits.float(), dim=-1).cpu()
-            top_p, top_i = probs.topk(topk, dim=-1)
-            if gradcam:
-                token_grid = next(iter(grids.values()), None)
-                cams = _gradcam(model, batch, top_i[:, 0].tolist(), token_grid)
-        else:  # a feature extractor (DINO): attention only
-            top_p = top_i = torch.zeros(len(pil), 0)
-    shown = _display_images(batch, model.mean, model.std)
-    input_hw = (batch.shape[-2], batch.shape[-1])
+        batches, note = _run_in_batches(model, pil, lambda chunk: _forward(model, chunk, gradcam, topk))
+    notes = (note,) if note else ()
 
     results = []
-    for i in range(len(pil)):
-        top = tuple(
-            Prediction(int(c), model.categories[int(c)], float(p))
-            for p, c in zip(top_p[i], top_i[i], strict=True)
-        )
-        records = _records(model, values, grids, input_hw, i, len(pil))
-        if cams is not None:
-            target = top[0]
-            records.append(
-                GradCAM(
-                    model.spec.gradcam_layer,
-                    cams[i].astype(np.float32),
-                    target.index,
-                    target.label,
-                    model.untrained,
+    for batch in batches:
+        for i in range(batch.size):
+            top = tuple(
+                Prediction(int(c), model.categories[int(c)], float(p))
+                for p, c in zip(batch.top_p[i], batch.top_i[i], strict=True)
+            )
+            records = _records(model, batch.values, batch.grids, batch.input_hw, i, batch.size)
+            if batch.cams is not None:
+                target = top[0]
+                records.append(
+                    GradCAM(
+                        model.spec.gradcam_layer,
+                        batch.cams[i].astype(np.float32),
+                        target.index,
+                        target.label,
+                        model.untrained,
+                    )
+                )
+            results.append(
+                Analysis(
+                    model.name, model.weights, model.untrained, batch.shown[i], top, tuple(records), notes
                 )
             )
-        results.append(Analysis(model.name, model.weights, model.untrained, shown[i], top, tuple(records)))
     return results

@@ -285,6 +285,8 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             where = target / next(folders)
             head = "" if analysis.detections is not None else "top-1 "
             out.write(f"  {image}: {head}{_top1(analysis)}, {len(analysis.records)} records -> {where}/\n")
+            for note in analysis.notes:
+                _note(err, f"[{name}] {note}")
     out.write(f"Wrote {len(files)} files to {target} (see {target / SUMMARY_FILENAME}).\n")
     return EXIT_OK
 

@@ -6,6 +6,7 @@ __all__ = [
     "AttnvizError",
     "CheckpointError",
     "DeviceError",
+    "GPUMemoryError",
     "UnknownModelError",
     "WeightsUnavailableError",
 ]
@@ -21,6 +22,20 @@ class UnknownModelError(AttnvizError, ValueError):
 
 class DeviceError(AttnvizError, ValueError):
     """A device that does not exist or is not available on this machine."""
+
+
+class GPUMemoryError(AttnvizError, RuntimeError):
+    """The GPU ran out of memory even for a single image; a RuntimeError like torch's own.
+
+    Attributes:
+        device: the device that ran out of memory (``"cuda:0"``).
+        free_mib: free memory on that device in MiB when it happened, or None when unknown.
+    """
+
+    def __init__(self, message: str, *, device: str, free_mib: int | None = None) -> None:
+        super().__init__(message)
+        self.device = device
+        self.free_mib = free_mib
 
 
 class CheckpointError(AttnvizError, ValueError):

@@ -355,6 +355,7 @@ def _export_one(
             for p in analysis.top5
         ],
         "files": listing,
+        "notes": list(analysis.notes),
         "records": records,
         **({"transformer": transformer} if transformer else {}),
     }

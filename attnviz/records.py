@@ -500,6 +500,7 @@ class Analysis:
             (de-normalised); every map's coordinates refer to this image.
         top5: the top-5 predictions, most probable first.
         records: every captured record in forward order, then the Grad-CAM baseline.
+        notes: sentences for the user about how the result was obtained (e.g. a GPU memory fallback).
     """
 
     model: str
@@ -508,6 +509,7 @@ class Analysis:
     input_image: np.ndarray
     top5: tuple[Prediction, ...]
     records: tuple[Record, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         img = _frozen_array(self.input_image, (3,), "Analysis.input_image")

@@ -541,6 +541,8 @@ def _column(
         return
     if analysis.untrained:
         st.badge("untrained", icon=":material/warning:", color="orange")
+    for note in analysis.notes:  # e.g. the GPU ran out of memory and the batch was split
+        st.info(note, icon=":material/memory:")
     stem = f"{image.label.rsplit('.', 1)[0]}_{model}"
     cmap, alpha = settings.cmap, settings.alpha
     img = analysis.input_image
