@@ -309,6 +309,8 @@ def _logging_and_warnings(verbose: bool, err: TextIO) -> Iterator[None]:
     root = logging.getLogger()
     handler = logging.StreamHandler(err)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(name)s: %(message)s"))
+    # The handler filters too: a logger given its own lower level elsewhere must not leak INFO.
+    handler.setLevel(logging.INFO if verbose else logging.WARNING)
     old_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)

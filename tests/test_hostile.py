@@ -127,3 +127,25 @@ def test_per_run_caps_of_the_app_and_the_cli() -> None:
     page = next(load_page("compare"))
     assert (page.MAX_IMAGES, page.MAX_MODELS) == (8, 4)
     assert (cli.MAX_IMAGES, cli.MAX_MODELS) == (16, 4)
+
+
+def test_cli_error_stays_one_line_when_a_library_logger_is_verbose(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A library logger set to INFO elsewhere (an embedding app, another test) must not add lines."""
+    import logging
+
+    case = next(c for c in REFUSED if c.name == "cut.png")
+    path = tmp_path / case.name
+    path.write_bytes(case.data)
+    logger = logging.getLogger("attnviz.imageio")
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        rc = main(
+            ["analyze", str(path), "--model", "zoo_cbam", "--device", "cpu", "--out", str(tmp_path / "o")]
+        )
+    finally:
+        logger.setLevel(old)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("attnviz: error: "), lines
