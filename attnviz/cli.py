@@ -1,7 +1,8 @@
-"""The command line: ``python -m attnviz list`` and ``python -m attnviz analyze``.
+"""The command line: ``python -m attnviz list``, ``analyze``, ``zoo`` and ``bench``.
 
 ``list`` shows the model zoo; ``analyze`` runs images through models and writes the export
-bundle (:mod:`attnviz.export`) to a folder. The library logs; this module configures logging and
+bundle (:mod:`attnviz.export`) to a folder; ``bench`` measures what capture costs
+(:mod:`attnviz.bench`). The library logs; this module configures logging and
 prints. Every expected failure ends with one line ``attnviz: error: ...`` on stderr and a non-zero
 exit status (2 for bad arguments, 1 otherwise); ``-v`` adds INFO logs and tracebacks.
 """
@@ -139,6 +140,23 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--kind", action="append", metavar="K", help="a zoo kind; repeat; default: all")
     evaluate.add_argument("--n", type=int, default=None, help="held-out scenes (default: the cards' set)")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    bench = commands.add_parser(
+        "bench",
+        parents=[verbose],
+        help="measure capture overhead, maps vs Grad-CAM and batch throughput",
+        description=(
+            "Benchmark in this process, warm, median of repeated runs: capture overhead, native maps "
+            "vs Grad-CAM, a 4-model comparison, CLI batch throughput and peak memory, as ms and ratios."
+        ),
+    )
+    bench.add_argument(
+        "--device", default="auto", metavar="auto|cpu|cuda", help="where to run (default: auto)"
+    )
+    bench.add_argument("--small", action="store_true", help="quick CI mode: small models, 2 repeats")
+    bench.add_argument("--repeats", type=int, default=None, metavar="N", help="timed runs per figure")
+    bench.add_argument("--model", "-m", action="append", metavar="NAME", help="a model; repeat for several")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -360,6 +378,27 @@ def _cmd_zoo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _cmd_bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import bench
+
+    if args.repeats is not None and args.repeats < 1:
+        raise _UsageError("--repeats must be at least 1")
+    for name in args.model or ():
+        get_spec(name)  # UnknownModelError lists the known names
+    device = resolve_device(args.device)
+    _note(err, f"benchmarking on {device}{' (small mode)' if args.small else ''}; this takes a while")
+    try:
+        report = bench.run_bench(device=device, small=args.small, repeats=args.repeats, models=args.model)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    if args.json:
+        json.dump(bench.report_to_json(report), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(bench.format_report(report) + "\n")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line.
 
@@ -382,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     if args.command is None:
-        err.write(f"{PROG}: error: choose a command: list, analyze or zoo (see {PROG} --help)\n")
+        err.write(f"{PROG}: error: choose a command: list, analyze, zoo or bench (see {PROG} --help)\n")
         return EXIT_USAGE
     verbose = bool(args.verbose)
 
@@ -392,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _cmd_list(args, out)
             if args.command == "zoo":
                 return _cmd_zoo(args, out, err)
+            if args.command == "bench":
+                return _cmd_bench(args, out, err)
             return _cmd_analyze(args, out, err)
         except BrokenPipeError:
             _silence_stdout()

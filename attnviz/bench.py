@@ -1,0 +1,583 @@
+"""The benchmark behind ``python -m attnviz bench``: what capture, maps and batching cost.
+
+Everything is measured in one process, warm (after warm-up runs), as the median of repeated runs,
+and reported as ratios as well as milliseconds, so that figures from noisy machines still compare:
+
+- **capture overhead**: one forward under :class:`~attnviz.capture.Capture` ÷ the bare forward of the
+  same model. ViTs capture with timm's fused attention switched off (the attention matrix must
+  exist), so their bare forward is the unfused one; ``fused_ratio`` divides by the model as loaded.
+- **native maps vs Grad-CAM**: ``analyze(gradcam=False)`` plus :func:`attnviz.maps.attention_maps`
+  (one forward, no backward) against pytorch-grad-cam alone (a forward and a backward).
+- **comparison**: the compare page for up to 4 models and 1 image (preprocess, forward with capture
+  and Grad-CAM, then the page's renders) ÷ the sum of the models' bare forwards.
+- **batch throughput**: images/s of the CLI path (``analyze`` + :func:`attnviz.export.export_files`)
+  for a folder of images in one batch, against a one-image-at-a-time loop.
+- **peak memory**: RSS high-water mark (reset per model where Linux allows) and CUDA max allocated.
+
+Load times are not measured; models are loaded before their timed runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gc
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from . import render, vit
+from .analysis import _gradcam, analyze
+from .capture import Capture
+from .export import export_files
+from .imageio import load_image
+from .maps import attention_maps
+from .models import LoadedModel, get_spec, load_model, resolve_device
+from .records import Analysis
+from .samples import list_samples
+
+__all__ = [
+    "FULL_MODELS",
+    "SMALL_MODELS",
+    "BatchThroughput",
+    "BenchReport",
+    "ComparisonRow",
+    "MachineInfo",
+    "ModelRow",
+    "format_report",
+    "report_to_json",
+    "run_bench",
+]
+
+log = logging.getLogger(__name__)
+
+FULL_MODELS: tuple[str, ...] = (
+    "mobilenet_v3_large",
+    "seresnet50",
+    "deit_tiny_patch16_224",
+    "swin_t",
+    "zoo_cbam",
+    "zoo_gc",
+)
+"""Models of the full run; the first four make the comparison."""
+
+SMALL_MODELS: tuple[str, ...] = ("zoo_cbam", "zoo_gc", "mobilenet_v3_large", "deit_tiny_patch16_224")
+"""Models of the small (CI) run: two tiny zoo CNNs, one ImageNet CNN and one ViT."""
+
+DEFAULT_REPEATS, SMALL_REPEATS = 7, 2
+FULL_BATCH_IMAGES, SMALL_BATCH_IMAGES = 16, 4
+_WARMUP = 1
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """Where and how the figures were measured."""
+
+    device: str
+    device_name: str
+    torch_version: str
+    cpu_count: int
+    torch_threads: int
+    python_version: str
+    date: str
+    repeats: int
+    small: bool
+    rss_reset: bool  # True: the RSS peak was reset before each model (else it is the process peak)
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One model, one image.
+
+    ``bare_ms`` is the plain forward with the same attention path as the capture (unfused for
+    ViTs); ``fused_ms`` the ViT as loaded (fused attention), None for other models.
+    ``capture_ratio = capture_ms / bare_ms``; ``fused_ratio = capture_ms / fused_ms``.
+    ``maps_ms`` is ``analyze(gradcam=False)`` + ``attention_maps``; ``gradcam_ms`` pytorch-grad-cam
+    alone; ``gradcam_ratio = gradcam_ms / maps_ms`` (None for models without a classifier).
+    """
+
+    model: str
+    weights: str
+    input_size: tuple[int, int]
+    bare_ms: float
+    fused_ms: float | None
+    capture_ms: float
+    capture_ratio: float
+    fused_ratio: float | None
+    maps_ms: float
+    gradcam_ms: float | None
+    gradcam_ratio: float | None
+    peak_rss_mib: float
+    cuda_max_allocated_mib: float | None
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """The compare page for ``models`` and one image; ``ratio = total_ms / sum_bare_ms``."""
+
+    models: tuple[str, ...]
+    total_ms: float
+    sum_bare_ms: float
+    ratio: float
+    peak_rss_mib: float
+    cuda_max_allocated_mib: float | None
+
+
+@dataclass(frozen=True)
+class BatchThroughput:
+    """CLI path (analyze with Grad-CAM + export) for ``images`` images through ``model``.
+
+    ``speedup = batched_img_s / single_img_s``.
+    """
+
+    model: str
+    images: int
+    batched_img_s: float
+    single_img_s: float
+    speedup: float
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Everything :func:`run_bench` measured."""
+
+    machine: MachineInfo
+    models: tuple[ModelRow, ...]
+    comparison: ComparisonRow
+    batch: BatchThroughput
+
+
+# --------------------------------------------------------------------------------------------------
+# measuring
+# --------------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = _WARMUP) -> float:
+    """Median wall time of ``fn()`` in ms over ``repeats`` runs after ``warmup`` runs."""
+    return _interleaved_ms({"fn": fn}, repeats, device, warmup)["fn"]
+
+
+def _interleaved_ms(
+    fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = _WARMUP
+) -> dict[str, float]:
+    """Median wall time in ms of each of ``fns``, run round-robin so that they share the machine's
+    load: a ratio of two medians then holds up on a busy machine, where absolute figures do not."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[key].append((time.perf_counter() - start) * 1e3)
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the RSS high-water mark (Linux ``clear_refs``); False where it cannot be reset."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib() -> float:
+    kib = _proc_status_kib("VmHWM")
+    if kib is None:
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        if platform.system() == "Darwin":
+            kib //= 1024
+    return kib / 1024
+
+
+def _reset_cuda_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _cuda_peak_mib(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def _fused_modules(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """timm attention modules running fused attention (whose capture switches it off)."""
+    return [m for m in module.modules() if getattr(m, "fused_attn", False) is True]
+
+
+@contextmanager
+def _unfused(mods: list[torch.nn.Module]) -> Iterator[None]:
+    """``fused_attn = False`` on ``mods`` (the attention path capture uses), restored on exit."""
+    for m in mods:
+        m.fused_attn = False
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.fused_attn = True
+
+
+def _weights_for(name: str) -> str:
+    """The zoo ships trained weights; the ImageNet models run with random weights (no download)."""
+    return "pretrained" if get_spec(name).source == "attnviz" else "random"
+
+
+def _ratio(num: float, den: float | None) -> float | None:
+    return None if den is None else num / den
+
+
+# --------------------------------------------------------------------------------------------------
+# the figures
+# --------------------------------------------------------------------------------------------------
+
+
+def _bare_forward(model: LoadedModel, batch: torch.Tensor) -> Callable[[], object]:
+    def run() -> object:
+        with torch.inference_mode():
+            return model.module(batch)
+
+    return run
+
+
+def _capture_forward(model: LoadedModel, batch: torch.Tensor) -> Callable[[], object]:
+    def run() -> object:
+        with Capture(model.module, model.taps) as cap, torch.inference_mode():
+            model.module(batch)
+        return cap.results()
+
+    return run
+
+
+def _model_row(name: str, image: Image.Image, device: torch.device, repeats: int) -> ModelRow:
+    weights = _weights_for(name)
+    model = load_model(name, weights=weights, device=device)
+    batch = model.preprocess([image])
+    fused = _fused_modules(model.module)
+    bare_forward = _bare_forward(model, batch)
+
+    def unfused_forward() -> object:
+        with _unfused(fused):
+            return bare_forward()
+
+    fns: dict[str, Callable[[], object]] = {
+        "bare": unfused_forward,
+        "capture": _capture_forward(model, batch),
+        "maps": lambda: attention_maps(analyze(model, [image], gradcam=False)[0]),
+    }
+    if fused:
+        fns["fused"] = bare_forward
+    if model.spec.classifier:
+        [first] = analyze(model, [image], gradcam=False)
+        target = [first.top5[0].index]
+        grid = next(iter(_capture_forward_grids(model, batch).values()), None)
+        fns["gradcam"] = lambda: _gradcam(model, batch, target, grid)
+    with model.lock:
+        ms = _interleaved_ms(fns, repeats, device)
+    fused_ms, gradcam_ms = ms.get("fused"), ms.get("gradcam")
+    return ModelRow(
+        model=name,
+        weights=weights,
+        input_size=(int(batch.shape[-2]), int(batch.shape[-1])),
+        bare_ms=ms["bare"],
+        fused_ms=fused_ms,
+        capture_ms=ms["capture"],
+        capture_ratio=ms["capture"] / ms["bare"],
+        fused_ratio=_ratio(ms["capture"], fused_ms),
+        maps_ms=ms["maps"],
+        gradcam_ms=gradcam_ms,
+        gradcam_ratio=None if gradcam_ms is None else gradcam_ms / ms["maps"],
+        peak_rss_mib=_peak_rss_mib(),
+        cuda_max_allocated_mib=_cuda_peak_mib(device),
+    )
+
+
+def _capture_forward_grids(model: LoadedModel, batch: torch.Tensor) -> dict[str, tuple[int, int]]:
+    with model.lock, Capture(model.module, model.taps) as cap, torch.inference_mode():
+        model.module(batch)
+    return cap.grids()
+
+
+def _render_page(analysis: Analysis) -> int:
+    """What the compare page draws for one model: returns how many pictures/figures it made."""
+    image = analysis.input_image
+    made = [render.top5_bar(analysis.top5)] if analysis.top5 else []
+    maps = attention_maps(analysis)
+    native = [m for m in maps if m.block >= 0]
+    last = max((m.block for m in native), default=None)
+    for m in maps:
+        if m.block < 0 or m.block == last:  # Grad-CAM and every map of the last block
+            made.append(render.overlay(image, m.values))
+    channels = analysis.channel_weights
+    if channels:
+        made += [
+            render.channel_bar(channels[-1], sort=True, top=32),
+            render.block_channel_heatmap(channels),
+            render.gate_stats_figure(channels),
+        ]
+    grid = vit.head_grid(analysis)
+    if grid.maps:
+        made.append(render.head_grid_image(image, grid.maps))
+    return len(made)
+
+
+def _comparison(
+    names: Sequence[str], image: Image.Image, bare: dict[str, float], device: torch.device, repeats: int
+) -> ComparisonRow:
+    models = [load_model(n, weights=_weights_for(n), device=device) for n in names]
+
+    def page() -> None:
+        for model in models:
+            [analysis] = analyze(model, [image], gradcam=model.spec.classifier)
+            _render_page(analysis)
+
+    rss_reset = _reset_peak_rss()
+    _reset_cuda_peak(device)
+    total_ms = _median_ms(page, repeats, device)
+    sum_bare = sum(bare[n] for n in names)
+    peak = _peak_rss_mib()
+    if not rss_reset:
+        log.info("RSS peak could not be reset: the comparison's peak is the process peak")
+    return ComparisonRow(tuple(names), total_ms, sum_bare, total_ms / sum_bare, peak, _cuda_peak_mib(device))
+
+
+def _folder_images(n: int) -> tuple[list[str], list[Image.Image]]:
+    """``n`` images read from the samples folder (cycled), as the CLI would read a folder."""
+    paths = list_samples()
+    if not paths:
+        raise FileNotFoundError("no sample images to benchmark with (assets/samples is empty)")
+    picked = [paths[i % len(paths)] for i in range(n)]
+    names = [f"{i:02d}_{p.name}" for i, p in enumerate(picked)]
+    return names, [load_image(p) for p in picked]
+
+
+def _batch_throughput(name: str, n: int, device: torch.device, repeats: int) -> BatchThroughput:
+    model = load_model(name, weights=_weights_for(name), device=device)
+    names, images = _folder_images(n)
+
+    def batched() -> None:
+        results = analyze(model, images)
+        export_files(list(zip(names, results, strict=True)))
+
+    def one_at_a_time() -> None:
+        for path, image in zip(names, images, strict=True):
+            export_files([(path, analyze(model, [image])[0])])
+
+    runs = max(1, min(repeats, 3))  # each run is already n images
+    batched_s = _median_ms(batched, runs, device) / 1e3
+    single_s = _median_ms(one_at_a_time, runs, device) / 1e3
+    return BatchThroughput(name, n, n / batched_s, n / single_s, single_s / batched_s)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_bench(
+    *,
+    device: str | torch.device = "auto",
+    small: bool = False,
+    repeats: int | None = None,
+    models: Sequence[str] | None = None,
+) -> BenchReport:
+    """Measure capture overhead, maps vs Grad-CAM, the comparison page and batch throughput.
+
+    Args:
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        small: the CI mode: tiny zoo models, MobileNetV3 and DeiT-tiny, 2 repeats, 4 images.
+        repeats: timed runs per figure (the median is kept), after one warm-up run; default 7
+            (2 when ``small``).
+        models: the models to measure; default :data:`FULL_MODELS` or :data:`SMALL_MODELS`. The
+            first four make the comparison; the CLI batch runs MobileNetV3-L when listed (not in
+            ``small`` mode), else the first classifier.
+
+    Returns:
+        The :class:`BenchReport`.
+
+    Raises:
+        ValueError: ``repeats`` below 1, no models, or a detector among them.
+        UnknownModelError, DeviceError: from :func:`attnviz.load_model`.
+    """
+    dev = resolve_device(device)
+    if repeats is None:
+        repeats = SMALL_REPEATS if small else DEFAULT_REPEATS
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    names = list(dict.fromkeys(models if models is not None else (SMALL_MODELS if small else FULL_MODELS)))
+    if not names:
+        raise ValueError("the benchmark needs at least one model")
+    for name in names:
+        if get_spec(name).source == "transformers":
+            raise ValueError(f"{name} is a detector; the benchmark measures classifiers and backbones")
+    classifiers = [n for n in names if get_spec(n).classifier]
+    if not classifiers:
+        raise ValueError("the benchmark needs at least one classifier (for Grad-CAM and the CLI batch)")
+
+    from .samples import load_sample
+
+    image = load_sample("cat.jpg")
+    rss_reset = True
+    rows = []
+    bare = {}
+    for name in names:
+        rss_reset &= _reset_peak_rss()
+        _reset_cuda_peak(dev)
+        log.info("bench: %s", name)
+        row = _model_row(name, image, dev, repeats)
+        rows.append(row)
+        bare[name] = row.fused_ms if row.fused_ms is not None else row.bare_ms
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+    comparison = _comparison(names[:4], image, bare, dev, repeats)
+    gc.collect()
+    # small: the first classifier (a tiny zoo CNN); full: MobileNetV3, the CLI's typical model
+    batch_model = classifiers[0] if small or "mobilenet_v3_large" not in classifiers else "mobilenet_v3_large"
+    batch = _batch_throughput(batch_model, SMALL_BATCH_IMAGES if small else FULL_BATCH_IMAGES, dev, repeats)
+    machine = MachineInfo(
+        device=str(dev),
+        device_name=_device_name(dev),
+        torch_version=torch.__version__,
+        cpu_count=os.cpu_count() or 1,
+        torch_threads=torch.get_num_threads(),
+        python_version=platform.python_version(),
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        repeats=repeats,
+        small=small,
+        rss_reset=rss_reset,
+    )
+    return BenchReport(machine, tuple(rows), comparison, batch)
+
+
+# --------------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------------
+
+
+def _json_ready(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def report_to_json(report: BenchReport) -> dict:
+    """The report as a JSON-ready dict (tuples become lists; absent figures are None)."""
+    return _json_ready(dataclasses.asdict(report))
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    lines = []
+    for r in (header, *rows):
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def format_report(report: BenchReport) -> str:
+    """A readable text report: machine, per-model table, comparison and batch throughput."""
+    m = report.machine
+    lines = [
+        f"attnviz bench on {m.device} ({m.device_name}), torch {m.torch_version}, "
+        f"{m.cpu_count} CPUs ({m.torch_threads} torch threads), {m.date}",
+        f"median of {m.repeats} warm runs, 1 image{' (small mode)' if m.small else ''}",
+        "",
+    ]
+    header = (
+        "MODEL",
+        "BARE ms",
+        "FUSED ms",
+        "CAPTURE ms",
+        "CAPTURE/BARE",
+        "CAPTURE/FUSED",
+        "MAPS ms",
+        "GRADCAM ms",
+        "GRADCAM/MAPS",
+        "PEAK RSS MiB",
+        "CUDA MiB",
+    )
+    rows = [
+        (
+            r.model,
+            _ms(r.bare_ms),
+            _ms(r.fused_ms),
+            _ms(r.capture_ms),
+            _x(r.capture_ratio),
+            _x(r.fused_ratio),
+            _ms(r.maps_ms),
+            _ms(r.gradcam_ms),
+            _x(r.gradcam_ratio),
+            f"{r.peak_rss_mib:.0f}",
+            _ms(r.cuda_max_allocated_mib),
+        )
+        for r in report.models
+    ]
+    lines += _table(header, rows)
+    c, b = report.comparison, report.batch
+    cuda = (
+        "" if c.cuda_max_allocated_mib is None else f", CUDA max allocated {c.cuda_max_allocated_mib:.0f} MiB"
+    )
+    lines += [
+        "",
+        f"comparison of {', '.join(c.models)} (1 image, analyze + Grad-CAM + page renders): "
+        f"{c.total_ms:.1f} ms = {c.ratio:.2f}x the sum of bare forwards ({c.sum_bare_ms:.1f} ms); "
+        f"peak RSS {c.peak_rss_mib:.0f} MiB{cuda}",
+        f"CLI batch ({b.model}, {b.images} images, analyze + Grad-CAM + export): "
+        f"batched {b.batched_img_s:.2f} img/s, one at a time {b.single_img_s:.2f} img/s, "
+        f"speed-up {b.speedup:.2f}x",
+    ]
+    if not m.rss_reset:
+        lines.append(
+            "note: the RSS peak could not be reset per model; each figure is the process peak so far"
+        )
+    return "\n".join(lines)
