@@ -116,6 +116,12 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="where to run (default: auto)")
     run.add_argument("--out", "-o", required=True, metavar="DIR", help="folder to write the results to")
     run.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM baseline")
+    run.add_argument(
+        "--autocast",
+        choices=("bf16", "fp16"),
+        default=None,
+        help="run the forward in reduced precision (GPU; results within ~0.02 of float32)",
+    )
     run.add_argument("--cmap", default="jet", help="matplotlib colormap of the overlays (default: jet)")
     run.add_argument("--alpha", type=_alpha, default=0.5, help="overlay opacity in [0, 1] (default: 0.5)")
 
@@ -282,7 +288,7 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         progress = None if args.verbose else _progress_printer(err, name)
         model = load_model(name, weights=args.weights, device=args.device, progress=progress)
         _note(err, f"[{name}] analysing {len(images)} image(s) on {model.device}")
-        results = analyze(model, images, gradcam=not args.no_gradcam)
+        results = analyze(model, images, gradcam=not args.no_gradcam, autocast=args.autocast)
         del model  # one model in memory at a time
         per_model.append((name, results))
         items.extend(zip(names, results, strict=True))
