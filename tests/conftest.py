@@ -84,3 +84,44 @@ def bilinear_zero_pad(x: torch.Tensor, y: torch.Tensor, xx: torch.Tensor) -> tor
             vals[:, ok] = x[:, yy[ok], xq[ok]]
             out += vals * wgt
     return out
+
+
+def wrap_module(
+    module: nn.Module,
+    size: int,
+    *,
+    name: str | None = None,
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+):
+    """A directly built model as an ``attnviz.LoadedModel`` without classes (attention only, no
+    Grad-CAM): resize + centre crop to ``size``, normalised with ``mean``/``std``, CPU, random."""
+    from torchvision import transforms as T
+
+    import attnviz
+    from attnviz.adapters import find_taps
+
+    spec = attnviz.ModelSpec(
+        name=name or type(module).__name__,
+        source="test",
+        attention=(),
+        input_size=(size, size),
+        pretrained_available=False,
+        weights_file="",
+        weights_path="",
+        description="built by the test",
+        gradcam_layer="",
+    )
+    transform = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+    return attnviz.LoadedModel(
+        spec=spec,
+        module=module.eval(),
+        transform=transform,
+        mean=mean,
+        std=std,
+        categories=(),
+        weights="random",
+        untrained=True,
+        device=torch.device("cpu"),
+        taps=find_taps(module),
+    )

@@ -29,31 +29,35 @@ class Case:
     check: Callable[[Image.Image], bool] | None = None  # a fact about the loaded image
 
 
-def _encode(img: Image.Image, fmt: str, **params: object) -> bytes:
+def encode(img: Image.Image, fmt: str, **params: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **params)
     return buf.getvalue()
 
 
-def _noise(w: int, h: int, seed: int = 0) -> Image.Image:
+def noise(w: int, h: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
-def _chunk(kind: bytes, payload: bytes) -> bytes:
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
     crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
 
 
-def _bilevel_png(width: int, height: int, *, with_pixels: bool = True) -> bytes:
-    """A 1-bit PNG written by hand: tiny on disk whatever size it declares."""
+def bilevel_png(width: int, height: int, *, with_pixels: bool = True) -> bytes:
+    """A 1-bit grayscale PNG written by hand: tiny on disk whatever size it declares.
+
+    With ``with_pixels`` the IDAT holds a valid all-black image (zlib squeezes the zero rows to
+    almost nothing); without, only the header is right.
+    """
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     raw = b"\x00" * ((1 + (width + 7) // 8) * height) if with_pixels else b"\x00"
     return (
         b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(raw, 9))
-        + _chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(raw, 9))
+        + png_chunk(b"IEND", b"")
     )
 
 
@@ -64,7 +68,7 @@ def _pixel(img: Image.Image, x: int, y: int) -> tuple[int, ...]:
 def _frames(fmt: str) -> bytes:
     first = Image.new("RGB", (32, 24), (200, 30, 30))
     second = Image.new("RGB", (32, 24), (30, 30, 200))
-    return _encode(first, fmt, save_all=True, append_images=[second], duration=100, loop=0)
+    return encode(first, fmt, save_all=True, append_images=[second], duration=100, loop=0)
 
 
 def _exif_rotated() -> bytes:
@@ -72,36 +76,36 @@ def _exif_rotated() -> bytes:
     img.paste((255, 255, 255), (0, 0, 20, 20))  # white left half
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display
-    return _encode(img, "JPEG", exif=exif, quality=95)
+    return encode(img, "JPEG", exif=exif, quality=95)
 
 
 def _palette_transparent() -> bytes:
     img = Image.new("P", (16, 16), 0)
     img.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
     img.paste(1, (8, 0, 16, 16))
-    return _encode(img, "PNG", transparency=0)  # index 0 (red) transparent
+    return encode(img, "PNG", transparency=0)  # index 0 (red) transparent
 
 
 def _rgba_hidden() -> bytes:
     arr = np.zeros((16, 16, 4), np.uint8)
     arr[..., 0] = 255  # red hidden under alpha 0
     arr[:, 8:, 3] = 255  # right half opaque red
-    return _encode(Image.fromarray(arr, "RGBA"), "PNG")
+    return encode(Image.fromarray(arr, "RGBA"), "PNG")
 
 
 def _gray16() -> bytes:
     arr = np.linspace(0, 65535, 64 * 8).astype(np.uint16).reshape(8, 64)
-    return _encode(Image.fromarray(arr), "PNG")  # mode I;16
+    return encode(Image.fromarray(arr), "PNG")  # mode I;16
 
 
 def _cmyk() -> bytes:
-    return _encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", quality=95)  # red
+    return encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", quality=95)  # red
 
 
 def cases() -> list[Case]:
     """The whole corpus, in a fixed order."""
-    png = _encode(_noise(64, 48), "PNG")
-    jpeg = _encode(_noise(64, 48), "JPEG", quality=90)
+    png = encode(noise(64, 48), "PNG")
+    jpeg = encode(noise(64, 48), "JPEG", quality=90)
     heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
     return [
         Case("empty.png", b"", r"empty\.png is empty"),
@@ -114,11 +118,9 @@ def cases() -> list[Case]:
         ),
         Case("cut.jpg", jpeg[: len(jpeg) // 2], CORRUPT),
         Case("cut.png", png[: len(png) // 2], CORRUPT),
-        Case("bomb.png", _bilevel_png(20_000, 20_000, with_pixels=False), r"too large in pixels"),
-        Case(
-            "over.png", _bilevel_png(8000, 5001), r"8000x5001 is 40,008,000 pixels, the limit is 40,000,000"
-        ),
-        Case("strip.png", _bilevel_png(20_000, 8), r"too elongated: 20000x8"),
+        Case("bomb.png", bilevel_png(20_000, 20_000, with_pixels=False), r"too large in pixels"),
+        Case("over.png", bilevel_png(8000, 5001), r"8000x5001 is 40,008,000 pixels, the limit is 40,000,000"),
+        Case("strip.png", bilevel_png(20_000, 8), r"too elongated: 20000x8"),
         Case("photo.heic", heic, r"HEIC|HEIF|not a supported image"),
         Case(
             "polyglot.html",
@@ -127,7 +129,7 @@ def cases() -> list[Case]:
         ),
         Case(
             "tiny.png",
-            _encode(Image.new("RGB", (1, 1), (9, 8, 7)), "PNG"),
+            encode(Image.new("RGB", (1, 1), (9, 8, 7)), "PNG"),
             None,
             lambda im: im.size == (1, 1),
         ),

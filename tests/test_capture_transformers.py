@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_image, randomize_norms
+from conftest import make_image, randomize_norms, wrap_module
 from PIL import Image
 from timm.layers.attention import Attention as TimmAttention
 from timm.layers.bottleneck_attn import BottleneckAttn
@@ -88,33 +88,6 @@ def _t(values) -> torch.Tensor:
 
 def _transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
     return T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
-
-
-def _wrap(module: nn.Module, size: int) -> attnviz.LoadedModel:
-    """A directly built model as a LoadedModel without classes (attention only, no Grad-CAM)."""
-    spec = attnviz.ModelSpec(
-        name=type(module).__name__,
-        source="test",
-        attention=(),
-        input_size=(size, size),
-        pretrained_available=False,
-        weights_file="",
-        weights_path="",
-        description="built by the test",
-        gradcam_layer="",
-    )
-    return attnviz.LoadedModel(
-        spec=spec,
-        module=module.eval(),
-        transform=_transform(size),
-        mean=MEAN,
-        std=STD,
-        categories=(),
-        weights="random",
-        untrained=True,
-        device=torch.device("cpu"),
-        taps=find_taps(module),
-    )
 
 
 def _temper(module: nn.Module, seed: int = 0) -> None:
@@ -401,7 +374,7 @@ def test_timm_swin_dense_attention_reproduces_attention_branch(img_size):
         num_classes=10,
     )
     randomize_norms(net)
-    run = _run(_wrap(net, img_size), [make_image(3), make_image(4, (200, 180))], gradcam=False)
+    run = _run(wrap_module(net, img_size), [make_image(3), make_image(4, (200, 180))], gradcam=False)
     blocks = {n: m for n, m in net.named_modules() if isinstance(m, TimmSwinBlock)}
     assert list(run.io) == list(blocks)
     for name, block in blocks.items():

@@ -13,15 +13,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import bilinear_zero_pad
+from conftest import bilinear_zero_pad, wrap_module
 from PIL import Image
 from torch import nn
-from torchvision import transforms as T
 from torchvision.ops import DeformConv2d
 
 import attnviz
 from attnviz import render
-from attnviz.adapters import find_taps
 from attnviz.export import export_files
 
 close = torch.testing.assert_close
@@ -47,21 +45,7 @@ class TinyDeformNet(nn.Module):
 
 
 def _wrap(module: nn.Module) -> attnviz.LoadedModel:
-    spec = attnviz.ModelSpec(
-        name="tiny_deform",
-        source="test",
-        attention=("deform_conv",),
-        input_size=(SIZE, SIZE),
-        pretrained_available=False,
-        weights_file="",
-        weights_path="",
-        description="test",
-        gradcam_layer="",
-    )
-    transform = T.Compose([T.Resize(SIZE), T.CenterCrop(SIZE), T.ToTensor(), T.Normalize(MEAN, STD)])
-    return attnviz.LoadedModel(
-        spec, module.eval(), transform, MEAN, STD, (), "random", True, torch.device("cpu"), find_taps(module)
-    )
+    return wrap_module(module, SIZE, name="tiny_deform", mean=MEAN, std=STD)
 
 
 def _images(n: int) -> list[np.ndarray]:

@@ -6,11 +6,11 @@ import io
 import os
 import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile_corpus import bilevel_png, encode, noise
 from PIL import Image, ImageFile
 
 from attnviz import imageio
@@ -29,38 +29,6 @@ CORRUPT = r"could not be decoded \(truncated or corrupt\)\.$"
 
 
 # --- generators -------------------------------------------------------------------------------
-
-
-def encode(img: Image.Image, fmt: str, **params: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **params)
-    return buf.getvalue()
-
-
-def noise(width: int, height: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def bilevel_png(width: int, height: int, *, with_pixels: bool = True) -> bytes:
-    """Write a 1-bit grayscale PNG by hand: tiny on disk whatever size it declares.
-
-    With ``with_pixels`` the IDAT holds a valid all-black image (zlib squeezes the zero rows to
-    almost nothing); without, only the header is right.
-    """
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    raw = b"\x00" * ((1 + (width + 7) // 8) * height) if with_pixels else b"\x00"
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(raw, 9))
-        + png_chunk(b"IEND", b"")
-    )
 
 
 def pixel(img: Image.Image, x: int, y: int) -> tuple[int, ...]:
