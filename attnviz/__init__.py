@@ -13,7 +13,7 @@ Renderers live in :mod:`attnviz.render`. This package never imports streamlit.
 from __future__ import annotations
 
 from . import render, sampling, vit, zoo
-from .analysis import analyze
+from .analysis import add_gradcam, analyze
 from .errors import (
     AttnvizError,
     CheckpointError,
@@ -59,6 +59,7 @@ __all__ = [
     "UnknownModelError",
     "WeightsUnavailableError",
     "WindowAttention",
+    "add_gradcam",
     "analyze",
     "get_spec",
     "list_models",

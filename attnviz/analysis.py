@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ from .records import (
     WindowAttention,
 )
 
-__all__ = ["analyze"]
+__all__ = ["add_gradcam", "analyze"]
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +270,22 @@ class _Batch:
     input_hw: tuple[int, int]
 
 
+class _HasSize(Protocol):
+    size: int
+
+
+_Item = TypeVar("_Item")
+_Sized = TypeVar("_Sized", bound=_HasSize)
+
+
+@dataclass
+class _Cams:
+    """Grad-CAM maps of a batch of images."""
+
+    size: int
+    cams: np.ndarray
+
+
 #: ``analyze(autocast=...)`` choices and their dtypes.
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -302,9 +320,7 @@ def _forward(
     return _Batch(len(pil), values, grids, top_p, top_i, cams, shown, (batch.shape[-2], batch.shape[-1]))
 
 
-def _attempt(
-    forward: Callable[[list[Image.Image]], _Batch], pil: list[Image.Image]
-) -> tuple[_Batch | None, str]:
+def _attempt(forward: Callable[[list[_Item]], _Sized], pil: list[_Item]) -> tuple[_Sized | None, str]:
     """``(forward(pil), "")``, or ``(None, message)`` when the GPU ran out of memory.
 
     Returning from the handler drops the exception and its traceback, whose frames hold the
@@ -350,9 +366,10 @@ def _fallback_note(total: int, sizes: list[int]) -> str:
 
 
 def _run_in_batches(
-    model: LoadedModel, pil: list[Image.Image], forward: Callable[[list[Image.Image]], _Batch]
-) -> tuple[list[_Batch], str | None]:
-    """Run all of ``pil`` through ``forward``, halving batches that run out of GPU memory.
+    model: LoadedModel, pil: list[_Item], forward: Callable[[list[_Item]], _Sized]
+) -> tuple[list[_Sized], str | None]:
+    """Run all of ``pil`` (images, or anything one forward takes per image) through ``forward``,
+    halving batches that run out of GPU memory.
 
     The model stays where it is (it may be shared with other sessions); only the batch shrinks.
 
@@ -362,7 +379,7 @@ def _run_in_batches(
     Raises:
         GPUMemoryError: a single image still ran out of memory.
     """
-    done: list[_Batch] = []
+    done: list[_Sized] = []
     too_big: int | None = None  # smallest batch size that ran out of memory
     todo = [pil]  # batches still to run, the next one last
     while todo:
@@ -455,19 +472,76 @@ def analyze(
             )
             records = _records(model, batch.values, batch.grids, batch.input_hw, i, batch.size)
             if batch.cams is not None:
-                target = top[0]
-                records.append(
-                    GradCAM(
-                        model.spec.gradcam_layer,
-                        batch.cams[i].astype(np.float32),
-                        target.index,
-                        target.label,
-                        model.untrained,
-                    )
-                )
+                records.append(_gradcam_record(model, batch.cams[i], top[0]))
             results.append(
                 Analysis(
                     model.name, model.weights, model.untrained, batch.shown[i], top, tuple(records), notes
                 )
             )
     return results
+
+
+def _gradcam_record(model: LoadedModel, cam: np.ndarray, target: Prediction) -> GradCAM:
+    return GradCAM(
+        model.spec.gradcam_layer, cam.astype(np.float32), target.index, target.label, model.untrained
+    )
+
+
+def add_gradcam(
+    model: LoadedModel,
+    analyses: Sequence[Analysis],
+    images: Sequence[Image.Image | np.ndarray],
+) -> list[Analysis]:
+    """The Grad-CAM baseline for results made with ``analyze(..., gradcam=False)``, added later.
+
+    Native maps need one forward; Grad-CAM needs a forward and a backward more. The app shows the
+    native maps first and adds Grad-CAM with this function; the result is the same as
+    ``analyze(model, images)`` would have given (same target: each analysis's top-1 class).
+
+    Args:
+        model: the model that made ``analyses`` (its lock is held while Grad-CAM runs).
+        analyses: results of ``analyze(model, images, gradcam=False)``.
+        images: the same images, in the same order.
+
+    Returns:
+        The analyses with the Grad-CAM record appended; an analysis that has one already, or whose
+        model has no classifier (DINO, detectors), is returned unchanged.
+
+    Raises:
+        ValueError: ``analyses`` and ``images`` differ in length, or an analysis is another model's.
+        GPUMemoryError: the GPU ran out of memory even for one image (batches are halved first).
+    """
+    if isinstance(images, Image.Image | np.ndarray):
+        images = [images]
+    if len(analyses) != len(images):
+        raise ValueError(f"add_gradcam needs one image per analysis, got {len(images)} for {len(analyses)}")
+    for a in analyses:
+        if a.model != model.name:
+            raise ValueError(f"an analysis of {a.model} cannot get Grad-CAM from {model.name}")
+    todo = [
+        (i, _as_pil(img), a.top5[0])
+        for i, (a, img) in enumerate(zip(analyses, images, strict=True))
+        if a.gradcam is None and a.top5 and model.categories and model.detector is None
+    ]
+    out = list(analyses)
+    if not todo:
+        return out
+
+    # A token layout needs the patch grid: the first block's, as ``analyze`` passes it.
+    first = next((r for r in analyses[todo[0][0]].records if isinstance(r, TokenAttention)), None)
+    grid = first.grid if first is not None else None
+
+    def run(chunk: list[tuple[int, Image.Image, Prediction]]) -> _Cams:
+        batch = model.preprocess([img for _, img, _ in chunk])
+        return _Cams(len(chunk), _gradcam(model, batch, [t.index for _, _, t in chunk], grid))
+
+    with model.lock:
+        batches, note = _run_in_batches(model, todo, run)
+    cams = np.concatenate([b.cams for b in batches])
+    for (i, _, target), cam in zip(todo, cams, strict=True):
+        a = out[i]
+        notes = a.notes + ((note,) if note and note not in a.notes else ())
+        out[i] = dataclasses.replace(
+            a, records=(*a.records, _gradcam_record(model, cam, target)), notes=notes
+        )
+    return out

@@ -89,6 +89,13 @@ DEFORM_OBJECT_KEY = "compare_deform_object"
 ROLLOUT_DISCARD_KEY = "compare_rollout_discard"
 ROLLOUT_FUSION_KEY = "compare_rollout_fusion"
 RENDERS_KEY = "compare_renders"
+PENDING_CAM_KEY = "compare_pending_gradcam"
+VIT_VIEW_KEY = "compare_vit_view"
+HEATMAP_OPEN_KEY = "compare_open_heatmap"
+STATS_OPEN_KEY = "compare_open_stats"
+
+# The transformer views below the columns; only the chosen one is computed.
+VIT_VIEWS = ("Heads × layers", "Query point", "Rollout", "Head statistics")
 
 # Rendered transformer pictures kept per session (PNG bytes), the oldest dropped first.
 MAX_RENDERS = 48
@@ -409,6 +416,7 @@ def _run(config: RunConfig, decoded: dict[str, Image.Image]) -> None:
     """Analyse every image of ``config`` that has no stored result yet, one model at a time."""
     results: dict = store(RESULTS_KEY)
     failures: dict = store(FAILURES_KEY)
+    pending: dict = store(PENDING_CAM_KEY)
     todo = {
         model: [ref for ref in config.images if config.result_key(ref, model) not in results]
         for model in config.models
@@ -433,7 +441,9 @@ def _run(config: RunConfig, decoded: dict[str, Image.Image]) -> None:
             try:
                 loaded = cached_model(model, config.weights, config.device, progress)
                 bar.progress((i + 0.5) / n, text=f"Analysing {len(missing)} image(s) with {model}")
-                analyses = attnviz.analyze(loaded, [images[ref.key] for ref in missing])
+                # Native maps first (one forward); Grad-CAM (a forward and a backward more) is added
+                # once the columns are drawn, so the page shows the modules' own maps sooner.
+                analyses = attnviz.analyze(loaded, [images[ref.key] for ref in missing], gradcam=False)
             except attnviz.AttnvizError as err:
                 log.warning("%s could not run: %s", model, err)
                 failures[config.model_key(model)] = Failure(
@@ -451,6 +461,8 @@ def _run(config: RunConfig, decoded: dict[str, Image.Image]) -> None:
             failures.pop(config.model_key(model), None)
             for ref, analysis in zip(missing, analyses, strict=True):
                 results[config.result_key(ref, model)] = analysis
+                if analysis.top5:  # a classifier: Grad-CAM follows
+                    pending[config.result_key(ref, model)] = images[ref.key]
             st.write(f"{model}: {len(missing)} image(s) analysed.")
         bar.progress(1.0, text="Done")
         label = f"Done: {n - failed} of {n} model(s) ran" if failed else "Done"
@@ -527,8 +539,9 @@ def _column(
     position: int | None,
     settings: Settings,
     sort: bool,
+    slots: dict,
 ) -> None:
-    """Draw one model's column."""
+    """Draw one model's column; where its Grad-CAM is still to come, leave a slot in ``slots``."""
     st.subheader(model)
     st.caption(f"weights: {config.weights} · device: {config.device}")
     if failure is not None and analysis is None:
@@ -564,15 +577,11 @@ def _column(
     else:
         st.caption(f"{model} has no classifier (self-supervised features): no predictions, no Grad-CAM.")
 
-    cam = analysis.gradcam
-    if cam is not None:
-        st.image(
-            render.overlay(img, cam.values, cmap=cmap, alpha=alpha),
-            caption=f"Grad-CAM at {cam.layer} for “{cam.target_label}”",
-            width="stretch",
-        )
-        _download("Grad-CAM (PNG)", functools.partial(overlay_png, img, cam.values, cmap, alpha),
-                  f"{stem}_gradcam.png", "image/png", f"compare_dl_gradcam_{model}")  # fmt: skip
+    if analysis.gradcam is not None:
+        _gradcam_view(analysis, settings, stem)
+    elif config.result_key(image, model) in store(PENDING_CAM_KEY):
+        slots[model] = st.empty()
+        slots[model].caption("Grad-CAM baseline: computing…")
 
     if position is None:
         st.caption(f"{model} has no attention blocks (baseline): only Grad-CAM applies.")
@@ -606,15 +615,68 @@ def _column(
 
     if not analysis.channel_weights:
         return
-    with st.expander("All blocks × channels"):
-        st.plotly_chart(
+    # Drawn only while open (the expanders rerun the page when opened or closed).
+    heatmap = st.expander("All blocks × channels", key=f"{HEATMAP_OPEN_KEY}_{model}", on_change="rerun")
+    if heatmap.open:
+        heatmap.plotly_chart(
             _compact(render.block_channel_heatmap(analysis.channel_weights), 360),
             key=f"compare_heatmap_{model}",
         )
-    with st.expander("Gate statistics per block"):
-        st.plotly_chart(
+    stats = st.expander("Gate statistics per block", key=f"{STATS_OPEN_KEY}_{model}", on_change="rerun")
+    if stats.open:
+        stats.plotly_chart(
             _compact(render.gate_stats_figure(analysis.channel_weights), 360), key=f"compare_stats_{model}"
         )
+
+
+def _gradcam_view(analysis: attnviz.Analysis, settings: Settings, stem: str) -> None:
+    cam, img, cmap, alpha = analysis.gradcam, analysis.input_image, settings.cmap, settings.alpha
+    st.image(
+        render.overlay(img, cam.values, cmap=cmap, alpha=alpha),
+        caption=f"Grad-CAM at {cam.layer} for “{cam.target_label}”",
+        width="stretch",
+    )
+    _download("Grad-CAM (PNG)", functools.partial(overlay_png, img, cam.values, cmap, alpha),
+              f"{stem}_gradcam.png", "image/png", f"compare_dl_gradcam_{analysis.model}")  # fmt: skip
+
+
+def _add_gradcams(config: RunConfig, image: ImageRef, slots: dict, settings: Settings) -> None:
+    """Compute the Grad-CAM baselines still due for ``config`` (every image, batched per model) and
+    draw the shown image's into its column's slot."""
+    results: dict = store(RESULTS_KEY)
+    pending: dict = store(PENDING_CAM_KEY)
+    for key in [k for k in pending if k not in results]:  # dropped from the store meanwhile
+        del pending[key]
+    for model in config.models:
+        keys = [config.result_key(ref, model) for ref in config.images]
+        keys = [k for k in keys if k in pending]
+        if not keys:
+            continue
+        try:
+            loaded = cached_model(model, config.weights, config.device)
+            done = attnviz.add_gradcam(loaded, [results[k] for k in keys], [pending[k] for k in keys])
+        except Exception as err:
+            if isinstance(err, attnviz.AttnvizError):
+                log.warning("Grad-CAM of %s failed: %s", model, err)
+                why = str(err)
+            else:
+                log.exception("Grad-CAM of %s failed", model)
+                why = "an unexpected error; the details are in the server log"
+            note = f"The Grad-CAM baseline could not be computed: {why}"
+            done = [dataclasses.replace(results[k], notes=(*results[k].notes, note)) for k in keys]
+        finally:
+            for k in keys:
+                pending.pop(k, None)
+        for k, analysis in zip(keys, done, strict=True):
+            results[k] = analysis
+        slot = slots.get(model)
+        shown = results.get(config.result_key(image, model))
+        if slot is not None and shown is not None:
+            with slot.container():
+                if shown.gradcam is not None:
+                    _gradcam_view(shown, settings, f"{image.label.rsplit('.', 1)[0]}_{model}")
+                else:
+                    st.warning(shown.notes[-1], icon=":material/warning:")
 
 
 def _cached_png(key: tuple, draw: Callable[[], Image.Image]) -> bytes:
@@ -908,15 +970,20 @@ def _transformer_views(config: RunConfig, image: ImageRef, analyses: dict, setti
             key=f"{VIT_LAYER_KEY}_{len(records)}",
         )
     rkey = config.result_key(image, model)
-    heads, query, roll, stats = st.tabs(["Heads × layers", "Query point", "Rollout", "Head statistics"])
-    with heads:
-        _heads_tab(rkey, analysis, records, index, settings)
-    with query:
-        _query_tab(analysis, records, index, settings)
-    with roll:
-        _rollout_tab(analysis, records, settings)
-    with stats:
-        _stats_tab(analysis, records)
+    # Only the open tab is computed (the tabs rerun the page when switched).
+    heads, query, roll, stats = st.tabs(VIT_VIEWS, key=VIT_VIEW_KEY, on_change="rerun")
+    if heads.open:
+        with heads:
+            _heads_tab(rkey, analysis, records, index, settings)
+    if query.open:
+        with query:
+            _query_tab(analysis, records, index, settings)
+    if roll.open:
+        with roll:
+            _rollout_tab(analysis, records, settings)
+    if stats.open:
+        with stats:
+            _stats_tab(analysis, records)
 
 
 def _results(config: RunConfig, settings: Settings) -> None:
@@ -940,6 +1007,7 @@ def _results(config: RunConfig, settings: Settings) -> None:
     with right:
         sort = st.toggle("Sort channels", key=SORT_KEY, help="Order the channel bars by weight.")
 
+    slots: dict = {}
     for col, model in zip(st.columns(len(config.models)), config.models, strict=True):
         with col:
             _column(
@@ -951,7 +1019,10 @@ def _results(config: RunConfig, settings: Settings) -> None:
                 positions.get(model),
                 settings,
                 sort,
+                slots,
             )
+    _add_gradcams(config, image, slots, settings)
+    analyses = {m: results.get(config.result_key(image, m)) for m in config.models}
 
     _transformer_views(config, image, analyses, settings)
     _deformable_views(analyses, settings)

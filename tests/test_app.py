@@ -53,6 +53,13 @@ def open_app(weights: str | None = "random") -> AppTest:
     return at
 
 
+def open_view(at: AppTest, view: str) -> None:
+    """Switch the transformer section's tabs to ``view`` (only the open tab is computed)."""
+    at.session_state["compare_vit_view"] = view
+    at.run()
+    assert not at.exception, at.exception
+
+
 def model_column(at: AppTest, model: str):
     """The results column whose header is ``model``."""
     matches = [col for col in at.columns if [s.value for s in col.subheader] == [model]]
@@ -195,11 +202,21 @@ def test_compare_two_models_side_by_side(monkeypatch: pytest.MonkeyPatch) -> Non
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert sorted(calls) == sorted(models)
+    # The native maps come first (analyze without Grad-CAM); the Grad-CAM baselines of every image
+    # were added in the same run, once the columns were drawn.
+    assert not at.session_state["compare_pending_gradcam"]
+    assert all(a.gradcam is not None for a in at.session_state["compare_results"].values())
 
     for model in models:
+        # top-5 and this block's channels; the closed expanders draw nothing (lazy) ...
+        assert len(model_column(at, model).get("plotly_chart")) == 2, model
+        at.session_state[f"compare_open_heatmap_{model}"] = True
+        at.session_state[f"compare_open_stats_{model}"] = True
+    at.run()
+    for model in models:
+        # ... and their charts once open: the blocks x channels heatmap and the gate statistics
         col = model_column(at, model)
-        charts = col.get("plotly_chart")
-        assert len(charts) == 4, model  # top-5, this block's channels, heatmap, gate statistics
+        assert len(col.get("plotly_chart")) == 4, model
         assert block_caption(at, model).startswith("**Block 8 of 8**")
         labels = [b.label for b in col.download_button]
         assert "Grad-CAM (PNG)" in labels and "Channel weights (CSV)" in labels
@@ -236,7 +253,7 @@ def test_compare_two_models_side_by_side(monkeypatch: pytest.MonkeyPatch) -> Non
     assert at.selectbox(key="compare_image").options == ["x.png", "y.png"]
     at.selectbox(key="compare_image").select_index(1).run()
     assert at.selectbox(key="compare_image").value.startswith("upload:")
-    assert not at.exception and len(at.get("plotly_chart")) == 12
+    assert not at.exception and len(at.get("plotly_chart")) == 4 + 4 + 2  # regnet's expanders closed
     assert len(calls) == 3
 
     # Session state holds small frozen records only, keyed by (image, model, weights, device).
@@ -281,7 +298,7 @@ def test_a_failing_model_errs_in_its_own_column(
     assert not at.exception, at.exception
 
     good = model_column(at, "mobilenet_v3_large")
-    assert not good.error and len(good.get("plotly_chart")) == 4
+    assert not good.error and len(good.get("plotly_chart")) == 2  # top-5, channels (expanders closed)
     missing = model_column(at, "skresnet18")
     assert [e.value for e in missing.error] == [
         "Pretrained weights for skresnet18 (model.safetensors) are not cached."
@@ -374,12 +391,17 @@ def test_vit_and_cnn_side_by_side_with_query_point() -> None:
     assert "class-token attention to the patches (mean with the distillation token)" in caption
     assert len(model_column(at, models[1]).image) == 1  # SE only: Grad-CAM
 
-    # Below the columns: the layer x head views of the transformer only.
+    # Below the columns: the layer x head views of the transformer only, the first tab open.
     assert any(s.value.startswith("Self-attention") for s in at.subheader)
     captions = all_image_captions(at)
     assert any(c.startswith("Every layer (rows") for c in captions)
+    assert not any(c.startswith("Rollout") for c in captions)  # closed tabs are not computed
+    open_view(at, "Rollout")
+    captions = all_image_captions(at)
     rollout = [c for c in captions if c.startswith("Rollout through 12 layers")]
     assert rollout and "mean of rows 0 (cls), 1 (dist)" in rollout[0], captions
+    assert not any(c.startswith("Every layer (rows") for c in captions)
+    open_view(at, "Query point")
     at.slider(key="compare_query_y").set_value(40)
     at.slider(key="compare_query_x").set_value(70).run()
     assert not at.exception, at.exception
@@ -392,6 +414,11 @@ def test_vit_and_cnn_side_by_side_with_query_point() -> None:
     query = [t for t in markdown_texts(at) if t.startswith("**Query token")]
     assert query[0].startswith("**Query token (2, 4)** of layer 0: blocks.0")
 
+    open_view(at, "Head statistics")
+    assert "compare_vit_stats_deit_tiny_distilled_patch16_224" in [c.key for c in at.get("plotly_chart")]
+    assert any(c.value.startswith("distance: per grid query") for c in at.caption)
+    assert not [t for t in markdown_texts(at) if t.startswith("**Query token")]  # closed: not computed
+
 
 @pytest.mark.slow
 def test_swin_query_point_in_window_coordinates() -> None:
@@ -400,11 +427,13 @@ def test_swin_query_point_in_window_coordinates() -> None:
     at.button(key="compare_run").click().run()
     assert not at.exception, at.exception
     at.select_slider(key="compare_vit_layer_12").set_value(0).run()
+    open_view(at, "Query point")
     at.slider(key="compare_query_y").set_value(10)
     at.slider(key="compare_query_x").set_value(201).run()
     assert not at.exception, at.exception
     query = [t for t in markdown_texts(at) if t.startswith("**Query token")]
     assert query[0].startswith("**Query token (2, 50)** of layer 0: features.1.0"), query  # stride 4
+    open_view(at, "Rollout")
     infos = [i.value for i in at.info]
     assert any("Rollout does not apply to swin_t" in i for i in infos)
 
@@ -436,12 +465,14 @@ def test_every_transformer_is_browsable_in_the_app(model: str) -> None:
     layers = attnviz.vit.self_attention_records(analysis)
     assert layers, model
     # every layer through the layer picker, every head through the head picker of the last one
+    open_view(at, "Query point")
     for index in (0, len(layers) // 2, len(layers) - 1):
         at.select_slider(key=f"compare_vit_layer_{len(layers)}").set_value(index).run()
         assert not at.exception, at.exception
         query = [t for t in markdown_texts(at) if t.startswith("**Query token")]
         assert f"of layer {layers[index].block}:" in query[0]
     heads = layers[-1].heads
+    open_view(at, "Heads × layers")
     picker = at.selectbox(key=f"compare_vit_head_{heads}")
     assert picker.options == ["all heads", *(f"head {h}" for h in range(heads))]
     picker.set_value(f"head {heads - 1}").run()

@@ -420,3 +420,72 @@ def test_a_fallback_note_reaches_the_export_and_the_app(monkeypatch: pytest.Monk
     at.button(key="compare_run").click().run()
     assert not at.exception, at.exception
     assert note in [i.value for i in at.info]
+
+
+# --- Grad-CAM added after the native maps ---------------------------------------------------------
+
+
+def test_add_gradcam_gives_what_analyze_gives(cbam: attnviz.LoadedModel, pictures: list[Image.Image]) -> None:
+    images = pictures[:3]
+    whole = attnviz.analyze(cbam, images)
+    native = attnviz.analyze(cbam, images, gradcam=False)
+    assert all(a.gradcam is None for a in native)
+
+    got = attnviz.add_gradcam(cbam, native, images)
+
+    for mine, want in zip(got, whole, strict=True):
+        assert mine.gradcam is not None and mine.gradcam.target == mine.top5[0].index
+        assert_same(mine, want)
+    # results that have Grad-CAM already come back as they were
+    again = attnviz.add_gradcam(cbam, got, images)
+    assert all(a is b for a, b in zip(again, got, strict=True))
+    assert hooks_left(cbam.module) == []
+
+
+def test_add_gradcam_refuses_mismatched_input(cbam: attnviz.LoadedModel, pictures: list[Image.Image]) -> None:
+    native = attnviz.analyze(cbam, pictures[:2], gradcam=False)
+    with pytest.raises(ValueError, match="one image per analysis"):
+        attnviz.add_gradcam(cbam, native, pictures[:1])
+    other = dataclasses.replace(native[0], model="zoo_se")
+    with pytest.raises(ValueError, match="an analysis of zoo_se cannot get Grad-CAM from zoo_cbam"):
+        attnviz.add_gradcam(cbam, [other], pictures[:1])
+
+
+@pytest.mark.slow
+def test_add_gradcam_on_tokens_and_without_a_classifier() -> None:
+    """A ViT's token layout needs the patch grid (taken from the analysis); DINO has no classifier."""
+    image = make_image(3)
+    deit = load("deit_tiny_patch16_224", "random")
+    [want] = attnviz.analyze(deit, [image])
+    [got] = attnviz.add_gradcam(deit, attnviz.analyze(deit, [image], gradcam=False), [image])
+    assert_same(got, want)
+    dino = load("vit_small_patch16_224.dino", "random")
+    [native] = attnviz.analyze(dino, [image], gradcam=False)
+    [same] = attnviz.add_gradcam(dino, [native], [image])
+    assert same is native and same.gradcam is None
+
+
+def test_out_of_memory_in_add_gradcam_halves_the_batch(
+    cbam: attnviz.LoadedModel,
+    pictures: list[Image.Image],
+    monkeypatch: pytest.MonkeyPatch,
+    gpu_calls: list[str],
+) -> None:
+    images = pictures[:4]
+    native = attnviz.analyze(cbam, images, gradcam=False)
+    expected = [
+        a for k in range(0, 4, 2) for a in attnviz.add_gradcam(cbam, native[k : k + 2], images[k : k + 2])
+    ]
+    fake = flaky(monkeypatch, cbam, lambda size, grad: grad and size > 2)
+
+    got = attnviz.add_gradcam(cbam, native, images)
+
+    assert fake.calls == [(4, True), (2, True), (2, True)]
+    assert all(fake.locked)
+    assert gpu_calls == ["empty_cache"]
+    note = "GPU memory ran out for a batch of 4 images; they were analysed in batches of 2."
+    for mine, want in zip(got, expected, strict=True):
+        assert mine.notes == (note,)
+        assert_same(mine, want, notes=False)
+    monkeypatch.undo()
+    assert hooks_left(cbam.module) == []
