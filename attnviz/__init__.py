@@ -36,6 +36,7 @@ from .records import (
     SpatialMap,
     TokenAttention,
     WindowAttention,
+    compact,
 )
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "WindowAttention",
     "add_gradcam",
     "analyze",
+    "compact",
     "get_spec",
     "list_models",
     "load_checkpoint",

@@ -373,7 +373,6 @@ def _sampling_record(
     scale = np.stack([sy, sx], -1)  # [L, 2] (y, x)
     points = loc[..., ::-1] * scale[None, None, :, None] - 0.5  # [Q, G, L, P, 2] (y, x)
     ref_pix = ref[..., ::-1] * scale[None] - 0.5  # [Q, L, 2]
-    reference = np.broadcast_to(ref_pix[:, None, :, None], points.shape)
     if kind == "detr_encoder":
         # each query is a cell of its own level: its reference on that level is the cell centre
         own_level = np.repeat(np.arange(n_levels), shapes[:, 0] * shapes[:, 1])
@@ -390,7 +389,13 @@ def _sampling_record(
         layer=layer,
         kind=kind,
         points=points.reshape(q, g, n_levels * n_points, 2).astype(dtype),
-        reference=reference.reshape(q, g, n_levels * n_points, 2).astype(dtype),
+        # the same for every head: one copy, broadcast over the heads (read-only, 1/G the memory)
+        reference=np.broadcast_to(
+            np.repeat(ref_pix[:, None, :, None], n_points, axis=3)
+            .reshape(q, 1, n_levels * n_points, 2)
+            .astype(dtype),
+            (q, g, n_levels * n_points, 2),
+        ),
         weights=weights.reshape(q, g, n_levels * n_points).astype(dtype),
         query_grid=None,
         block=block,

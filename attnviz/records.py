@@ -7,11 +7,15 @@ immutable and carry numpy arrays only: no tensors travel past ``attnviz.analyze`
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 __all__ = [
+    "COMPACT_DTYPE",
     "Analysis",
     "AxisGates",
     "ChannelWeights",
@@ -23,16 +27,28 @@ __all__ = [
     "SpatialMap",
     "TokenAttention",
     "WindowAttention",
+    "array_nbytes",
+    "compact",
 ]
+
+COMPACT_DTYPE = np.float16
+"""Storage type of attention probabilities in :func:`compact` results (11 significant bits:
+values in [0, 1] within 2**-12 relative, far below what a colour map shows)."""
 
 
 def _frozen_array(values: np.ndarray, ndim: tuple[int, ...], what: str) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim not in ndim:
         raise ValueError(f"{what} must have {' or '.join(map(str, ndim))} dimensions, got {arr.shape}")
-    arr = np.ascontiguousarray(arr)
+    if 0 not in arr.strides:  # a broadcast view (zero strides) stays one: it is compact and read-only
+        arr = np.ascontiguousarray(arr)
     arr.setflags(write=False)
     return arr
+
+
+def array_nbytes(arr: np.ndarray) -> int:
+    """Bytes an array holds: a broadcast view counts its data once, not once per repeat."""
+    return arr.itemsize * math.prod(n for n, step in zip(arr.shape, arr.strides, strict=True) if step != 0)
 
 
 @dataclass(frozen=True)
@@ -310,7 +326,7 @@ class WindowAttention:
         keys = self.key_index[win]
         out = np.zeros((self.heads, self.num_keys), dtype=np.float32)
         valid = keys >= 0
-        np.add.at(out, (slice(None), keys[valid]), self.values[win, :, row][:, valid])
+        np.add.at(out, (slice(None), keys[valid]), self.values[win, :, row][:, valid].astype(np.float32))
         return out
 
     def dense(self) -> np.ndarray:
@@ -323,18 +339,20 @@ class WindowAttention:
         for win in range(self.values.shape[0]):
             qs, ks = self.query_index[win], self.key_index[win]
             qv, kv = np.flatnonzero(qs >= 0), np.flatnonzero(ks >= 0)
-            block = self.values[win][:, qv][:, :, kv]
+            block = self.values[win][:, qv][:, :, kv].astype(np.float32)
             out[:, qs[qv][:, None], ks[kv][None, :]] += block
         return out
 
     def received(self) -> np.ndarray:
         """``[heads, Hk*Wk]``: attention each key receives, averaged over the valid queries."""
-        out = np.zeros((self.heads, self.num_keys), dtype=np.float64)
-        for win in range(self.values.shape[0]):
-            qv = self.query_index[win] >= 0
-            ks = self.key_index[win]
-            kv = ks >= 0
-            np.add.at(out, (slice(None), ks[kv]), self.values[win][:, qv][:, :, kv].sum(axis=1))
+        # every window's column sums over its valid queries, then one bincount per head
+        valid_q = (self.query_index >= 0)[:, None, :, None]  # [W, 1, Lq, 1]
+        sums = np.where(valid_q, self.values, 0).sum(axis=2, dtype=np.float64)  # [W, heads, Lk]
+        keys = self.key_index  # [W, Lk]
+        kv = keys >= 0
+        flat_keys = keys[kv]  # the valid (window, key) pairs
+        per_head = sums.transpose(1, 0, 2)[:, kv]  # [heads, pairs]
+        out = np.stack([np.bincount(flat_keys, weights=h, minlength=self.num_keys) for h in per_head])
         count = max(int((self.query_index >= 0).sum()), 1)
         return (out / count).astype(np.float32)
 
@@ -344,7 +362,7 @@ class WindowAttention:
         for win in range(self.values.shape[0]):
             qs, ks = self.query_index[win], self.key_index[win]
             qv = qs >= 0
-            out[:, qs[qv]] = self.values[win][:, qv][:, :, ks < 0].sum(axis=-1)
+            out[:, qs[qv]] = self.values[win][:, qv][:, :, ks < 0].sum(axis=-1, dtype=np.float32)
         return out
 
 
@@ -563,3 +581,46 @@ class Analysis:
     def blocks(self) -> tuple[int, ...]:
         """Sorted block indices that have native attention records."""
         return tuple(sorted({r.block for r in self.records if not isinstance(r, GradCAM | Detections)}))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays of this result: the input image and every record's arrays
+        (a broadcast array counted once, see :func:`array_nbytes`)."""
+        total = array_nbytes(self.input_image)
+        for rec in self.records:
+            for value in vars(rec).values():
+                if isinstance(value, np.ndarray):
+                    total += array_nbytes(value)
+        return total
+
+
+def _half(values: np.ndarray) -> np.ndarray:
+    """float16 copy of ``values`` (torch's conversion: ~4x numpy's ``astype``, the same numbers)."""
+    import torch  # records stay importable without loading torch
+
+    with warnings.catch_warnings():  # torch warns that the (read-only) array is not writable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(values)).to(torch.float16).numpy()
+
+
+def _compact_record(rec: Record) -> Record:
+    if isinstance(rec, TokenAttention | WindowAttention) and rec.values.dtype != COMPACT_DTYPE:
+        return dataclasses.replace(rec, values=_half(rec.values))
+    if isinstance(rec, SamplingPoints) and rec.weights is not None and rec.weights.dtype != COMPACT_DTYPE:
+        return dataclasses.replace(rec, weights=_half(rec.weights))
+    return rec
+
+
+def compact(analysis: Analysis) -> Analysis:
+    """``analysis`` with its attention probabilities stored as float16 (:data:`COMPACT_DTYPE`).
+
+    Token and window attention (the bulk of a transformer's result: ~21 MB for ViT-B/16 at 224 px)
+    and sampling-point weights halve; gates, maps, sampling positions and Grad-CAM stay as they
+    are. Every view (:mod:`attnviz.vit`, :mod:`attnviz.maps`, the record methods) computes in
+    float32 or float64, so a compact result shows the same maps within about 1e-3 of the full one.
+    Compact results are what the app keeps per session. Idempotent.
+    """
+    records = tuple(_compact_record(r) for r in analysis.records)
+    if all(a is b for a, b in zip(records, analysis.records, strict=True)):
+        return analysis
+    return dataclasses.replace(analysis, records=records)

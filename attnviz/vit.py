@@ -270,7 +270,7 @@ def query_map(record: SelfAttention, point_yx: tuple[float, float]) -> QueryMap:
     if isinstance(record, WindowAttention):
         values = record.query(qi).reshape(record.heads, *record.key_grid)
         win, pos = np.argwhere(record.query_index == qi)[0]
-        padding = record.values[win, :, pos][:, record.key_index[win] < 0].sum(axis=-1)
+        padding = record.values[win, :, pos][:, record.key_index[win] < 0].sum(axis=-1, dtype=np.float32)
         return QueryMap(
             values=_frozen(values),
             query=(row, col),
@@ -284,7 +284,7 @@ def query_map(record: SelfAttention, point_yx: tuple[float, float]) -> QueryMap:
             "key grid; padding keys in padding_mass",
         )
     p = record.prefix_tokens
-    full = record.values[:, p + qi]
+    full = record.values[:, p + qi].astype(np.float32)
     return QueryMap(
         values=_frozen(full[:, p:].reshape(record.heads, *record.grid)),
         query=(row, col),

@@ -27,7 +27,6 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
@@ -61,8 +60,9 @@ SCENES = {f"scene_{name}_{seed}.png": (seed, name) for seed, name in ((1, "star"
 # Analyses kept per session; the oldest ones beyond this are dropped (never the current run's).
 MAX_STORED = 96
 
-# ... and at most this many bytes of arrays (a ViT-B result is ~25 MB, a Deformable DETR one ~140 MB
-# at 800 px): the oldest results beyond it are dropped, never the current run's.
+# ... and at most this many bytes of arrays (stored compact: a ViT-B/16 result is ~11 MB, a
+# Deformable DETR one ~70 MB at 800 px): the oldest results beyond it are dropped, never the
+# current run's.
 MAX_STORED_BYTES = 800 * 2**20
 
 # Session-state keys (widgets and stored data); the sidebar's keys belong to app.py.
@@ -168,12 +168,7 @@ def _trim(store: dict, limit: int, keep: Iterable[object] = ()) -> None:
 
 def analysis_nbytes(analysis: attnviz.Analysis) -> int:
     """Bytes held by the numpy arrays of one result (its image and every record)."""
-    total = analysis.input_image.nbytes
-    for rec in analysis.records:
-        for value in vars(rec).values():
-            if isinstance(value, np.ndarray):
-                total += value.nbytes
-    return total
+    return analysis.nbytes
 
 
 def _trim_bytes(store: dict, limit: int, keep: Iterable[object] = ()) -> None:
@@ -460,7 +455,8 @@ def _run(config: RunConfig, decoded: dict[str, Image.Image]) -> None:
                 continue
             failures.pop(config.model_key(model), None)
             for ref, analysis in zip(missing, analyses, strict=True):
-                results[config.result_key(ref, model)] = analysis
+                # attention probabilities kept as float16: half the memory, the same pictures
+                results[config.result_key(ref, model)] = attnviz.compact(analysis)
                 if analysis.top5:  # a classifier: Grad-CAM follows
                     pending[config.result_key(ref, model)] = images[ref.key]
             st.write(f"{model}: {len(missing)} image(s) analysed.")

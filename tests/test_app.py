@@ -384,6 +384,9 @@ def test_vit_and_cnn_side_by_side_with_query_point() -> None:
     assert not at.error, [e.value for e in at.error]
 
     vit_col = model_column(at, models[0])
+    stored = at.session_state["compare_results"].values()
+    layers = [r for a in stored for r in a.token_attention]
+    assert layers and all(r.values.dtype == np.float16 for r in layers)  # kept compact
     assert block_caption(at, models[0]).startswith("**Block 12 of 12**")
     # Grad-CAM (token layout) and the block's class+distillation attention map
     assert len(vit_col.image) == 2
