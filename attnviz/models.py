@@ -347,6 +347,8 @@ class LoadedModel:
         lock: hold it while running the module; the model may be shared between sessions.
         detector: for detectors (Deformable DETR), the :class:`attnviz.detr.DetrBundle` that
             :func:`attnviz.analyze` runs instead of a classifier forward; None otherwise.
+        memory_format: ``torch.channels_last`` when the module's weights and its input batches
+            are kept channels-last (see :func:`load_model`), else ``torch.contiguous_format``.
     """
 
     spec: ModelSpec
@@ -361,6 +363,7 @@ class LoadedModel:
     taps: list[Tap] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
     detector: object | None = None
+    memory_format: torch.memory_format = torch.contiguous_format
 
     @property
     def name(self) -> str:
@@ -368,9 +371,10 @@ class LoadedModel:
         return self.spec.name
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Apply the model's transform to RGB images: ``[B, 3, H, W]`` on the model's device."""
+        """Apply the model's transform to RGB images: ``[B, 3, H, W]`` on the model's device (in
+        the model's memory format)."""
         batch = torch.stack([self.transform(img.convert("RGB")) for img in images])
-        return batch.to(self.device)
+        return batch.to(self.device, memory_format=self.memory_format)
 
 
 def _report(progress: ProgressFn | None, message: str, fraction: float | None = None) -> None:
@@ -671,6 +675,7 @@ def load_model(
     weights: str | os.PathLike = "pretrained",
     device: str | torch.device = "auto",
     progress: ProgressFn | None = None,
+    channels_last: bool | None = None,
 ) -> LoadedModel:
     """Build a model with its weights, preprocessing and class names.
 
@@ -681,6 +686,10 @@ def load_model(
             to a ``.safetensors`` file or a state dict loadable with ``torch.load(weights_only=True)``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         progress: optional ``progress(message, fraction)`` callback for the UI.
+        channels_last: keep the weights and input batches channels-last (NHWC), which lets
+            cuDNN pick its faster kernels for convolutions. None (default): on CUDA for
+            convolutional networks, not on the CPU (see ``python -m attnviz bench``). Captured
+            values are the same either way (within float rounding). Ignored for Deformable DETR.
 
     Returns:
         The :class:`LoadedModel`, in eval mode with frozen parameters.
@@ -724,6 +733,11 @@ def load_model(
     if checkpoint is not None:
         _apply_checkpoint(module, checkpoint, label)
     module.eval().requires_grad_(False).to(dev)
+    if channels_last is None:
+        channels_last = dev.type == "cuda" and entry.gradcam_layout == "nchw"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
     _report(progress, f"{name} ready on {dev}", 1.0)
     return LoadedModel(
         spec=_spec(entry),
@@ -736,4 +750,5 @@ def load_model(
         untrained=label == "random",
         device=dev,
         taps=find_taps(module),
+        memory_format=memory_format,
     )
