@@ -5,11 +5,17 @@ and reported as ratios as well as milliseconds, so that figures from noisy machi
 
 - **capture overhead**: one forward under :class:`~attnviz.capture.Capture` ÷ the bare forward of the
   same model. ViTs capture with timm's fused attention switched off (the attention matrix must
-  exist), so their bare forward is the unfused one; ``fused_ratio`` divides by the model as loaded.
+  exist), so their bare forward is the unfused one (``Capture(read=False)``: the capture's
+  settings without its hooks); ``fused_ratio`` divides by the model as loaded.
+- **channels-last**: the bare forward of the same weights kept NHWC (``load_model(channels_last=
+  True)``) for convolutional networks, to show where it helps (it is on by default on CUDA only).
 - **native maps vs Grad-CAM**: ``analyze(gradcam=False)`` plus :func:`attnviz.maps.attention_maps`
-  (one forward, no backward) against pytorch-grad-cam alone (a forward and a backward).
-- **comparison**: the compare page for up to 4 models and 1 image (preprocess, forward with capture
-  and Grad-CAM, then the page's renders) ÷ the sum of the models' bare forwards.
+  (one forward, no backward) against :func:`attnviz.add_gradcam` (a forward and a backward).
+- **comparison**: the compare page for up to 4 models and 1 image, in its two phases: the first
+  view (preprocess, forward with capture, compact storage, and what the page draws before any
+  click: predictions, the last block's maps and channel bars, the transformer section's open
+  tab, the deformable section), then the Grad-CAM baselines it adds; each ÷ the sum of the
+  models' bare forwards.
 - **batch throughput**: images/s of the CLI path (``analyze`` + :func:`attnviz.export.export_files`)
   for a folder of images in one batch, against a one-image-at-a-time loop.
 - **peak memory**: RSS high-water mark (reset per model where Linux allows) and CUDA max allocated.
@@ -27,22 +33,21 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from . import render, vit
-from .analysis import _gradcam, analyze
+from . import render, sampling, vit
+from .analysis import add_gradcam, analyze
 from .capture import Capture
 from .export import export_files
 from .imageio import load_image
-from .maps import attention_maps
+from .maps import attention_maps, record_map
 from .models import LoadedModel, get_spec, load_model, resolve_device
-from .records import Analysis
+from .records import Analysis, ChannelWeights, GradCAM, compact
 from .samples import list_samples
 
 __all__ = [
@@ -101,8 +106,11 @@ class ModelRow:
     ``bare_ms`` is the plain forward with the same attention path as the capture (unfused for
     ViTs); ``fused_ms`` the ViT as loaded (fused attention), None for other models.
     ``capture_ratio = capture_ms / bare_ms``; ``fused_ratio = capture_ms / fused_ms``.
-    ``maps_ms`` is ``analyze(gradcam=False)`` + ``attention_maps``; ``gradcam_ms`` pytorch-grad-cam
-    alone; ``gradcam_ratio = gradcam_ms / maps_ms`` (None for models without a classifier).
+    ``channels_last_ms`` is the bare forward with NHWC weights and input (convolutional networks;
+    None for token models), ``channels_last_ratio = channels_last_ms / bare_ms`` (below 1: faster).
+    ``maps_ms`` is ``analyze(gradcam=False)`` + ``attention_maps``; ``gradcam_ms``
+    :func:`attnviz.add_gradcam` alone; ``gradcam_ratio = gradcam_ms / maps_ms`` (None for models
+    without a classifier).
     """
 
     model: str
@@ -113,6 +121,8 @@ class ModelRow:
     capture_ms: float
     capture_ratio: float
     fused_ratio: float | None
+    channels_last_ms: float | None
+    channels_last_ratio: float | None
     maps_ms: float
     gradcam_ms: float | None
     gradcam_ratio: float | None
@@ -122,12 +132,22 @@ class ModelRow:
 
 @dataclass(frozen=True)
 class ComparisonRow:
-    """The compare page for ``models`` and one image; ``ratio = total_ms / sum_bare_ms``."""
+    """The compare page for ``models`` and one image.
+
+    ``first_view_ms``: until everything the page shows before Grad-CAM is drawn;
+    ``gradcam_ms``: the Grad-CAM baselines added after it; ``total_ms`` both.
+    ``first_view_ratio = first_view_ms / sum_bare_ms``, ``ratio = total_ms / sum_bare_ms``.
+    ``stored_mib``: the compact results the page keeps for the session.
+    """
 
     models: tuple[str, ...]
+    first_view_ms: float
+    gradcam_ms: float
     total_ms: float
     sum_bare_ms: float
+    first_view_ratio: float
     ratio: float
+    stored_mib: float
     peak_rss_mib: float
     cuda_max_allocated_mib: float | None
 
@@ -232,21 +252,9 @@ def _cuda_peak_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
-def _fused_modules(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """timm attention modules running fused attention (whose capture switches it off)."""
-    return [m for m in module.modules() if getattr(m, "fused_attn", False) is True]
-
-
-@contextmanager
-def _unfused(mods: list[torch.nn.Module]) -> Iterator[None]:
-    """``fused_attn = False`` on ``mods`` (the attention path capture uses), restored on exit."""
-    for m in mods:
-        m.fused_attn = False
-    try:
-        yield
-    finally:
-        for m in mods:
-            m.fused_attn = True
+def _changes_path(model: LoadedModel) -> bool:
+    """Whether capture runs another path than the model as loaded (timm's fused attention off)."""
+    return any(getattr(obj, name, None) != value for tap in model.taps for obj, name, value in tap.attrs)
 
 
 def _weights_for(name: str) -> str:
@@ -282,30 +290,33 @@ def _capture_forward(model: LoadedModel, batch: torch.Tensor) -> Callable[[], ob
 
 def _model_row(name: str, image: Image.Image, device: torch.device, repeats: int) -> ModelRow:
     weights = _weights_for(name)
-    model = load_model(name, weights=weights, device=device)
+    model = load_model(name, weights=weights, device=device, channels_last=False)
     batch = model.preprocess([image])
-    fused = _fused_modules(model.module)
     bare_forward = _bare_forward(model, batch)
 
-    def unfused_forward() -> object:
-        with _unfused(fused):
+    def capture_path_forward() -> object:  # the capture's settings, no hooks
+        with Capture(model.module, model.taps, read=False):
             return bare_forward()
 
     fns: dict[str, Callable[[], object]] = {
-        "bare": unfused_forward,
+        "bare": capture_path_forward,
         "capture": _capture_forward(model, batch),
         "maps": lambda: attention_maps(analyze(model, [image], gradcam=False)[0]),
     }
-    if fused:
+    if _changes_path(model):
         fns["fused"] = bare_forward
+    nhwc = None
+    if model.spec.gradcam_layout == "nchw":
+        nhwc = load_model(name, weights=weights, device=device, channels_last=True)
+        nhwc.module.load_state_dict(model.module.state_dict())  # the same (random) weights
+        fns["channels_last"] = _bare_forward(nhwc, nhwc.preprocess([image]))
     if model.spec.classifier:
-        [first] = analyze(model, [image], gradcam=False)
-        target = [first.top5[0].index]
-        grid = next(iter(_capture_forward_grids(model, batch).values()), None)
-        fns["gradcam"] = lambda: _gradcam(model, batch, target, grid)
+        native = analyze(model, [image], gradcam=False)
+        fns["gradcam"] = lambda: add_gradcam(model, native, [image])
     with model.lock:
         ms = _interleaved_ms(fns, repeats, device)
-    fused_ms, gradcam_ms = ms.get("fused"), ms.get("gradcam")
+    del nhwc
+    fused_ms, gradcam_ms, cl_ms = ms.get("fused"), ms.get("gradcam"), ms.get("channels_last")
     return ModelRow(
         model=name,
         weights=weights,
@@ -315,6 +326,8 @@ def _model_row(name: str, image: Image.Image, device: torch.device, repeats: int
         capture_ms=ms["capture"],
         capture_ratio=ms["capture"] / ms["bare"],
         fused_ratio=_ratio(ms["capture"], fused_ms),
+        channels_last_ms=cl_ms,
+        channels_last_ratio=None if cl_ms is None else cl_ms / ms["bare"],
         maps_ms=ms["maps"],
         gradcam_ms=gradcam_ms,
         gradcam_ratio=None if gradcam_ms is None else gradcam_ms / ms["maps"],
@@ -323,53 +336,86 @@ def _model_row(name: str, image: Image.Image, device: torch.device, repeats: int
     )
 
 
-def _capture_forward_grids(model: LoadedModel, batch: torch.Tensor) -> dict[str, tuple[int, int]]:
-    with model.lock, Capture(model.module, model.taps) as cap, torch.inference_mode():
-        model.module(batch)
-    return cap.grids()
-
-
-def _render_page(analysis: Analysis) -> int:
-    """What the compare page draws for one model: returns how many pictures/figures it made."""
+def _column(analysis: Analysis) -> list[object]:
+    """One model's column as the page first draws it: predictions, the last block's maps and
+    channel bars (the expanders below start closed and draw nothing)."""
     image = analysis.input_image
-    made = [render.top5_bar(analysis.top5)] if analysis.top5 else []
-    maps = attention_maps(analysis)
-    native = [m for m in maps if m.block >= 0]
-    last = max((m.block for m in native), default=None)
-    for m in maps:
-        if m.block < 0 or m.block == last:  # Grad-CAM and every map of the last block
-            made.append(render.overlay(image, m.values))
-    channels = analysis.channel_weights
-    if channels:
-        made += [
-            render.channel_bar(channels[-1], sort=True, top=32),
-            render.block_channel_heatmap(channels),
-            render.gate_stats_figure(channels),
-        ]
-    grid = vit.head_grid(analysis)
-    if grid.maps:
-        made.append(render.head_grid_image(image, grid.maps))
-    return len(made)
+    made: list[object] = [render.top5_bar(analysis.top5)] if analysis.top5 else []
+    if analysis.blocks:
+        last = analysis.blocks[-1]
+        records = [r for r in analysis.records if not isinstance(r, GradCAM) and r.block == last]
+        hw = image.shape[:2]
+        made += [render.overlay(image, m.values) for m in map(lambda r: record_map(r, hw), records) if m]
+        made += [render.channel_bar(r) for r in records if isinstance(r, ChannelWeights)]
+    return made
+
+
+def _sections(analyses: Sequence[Analysis]) -> list[object]:
+    """Below the columns: the first transformer's open tab (heads x layers) and the first
+    deformable model's sampling views, as the page first draws them."""
+    made: list[object] = []
+    tokens = next((a for a in analyses if vit.self_attention_records(a)), None)
+    if tokens is not None:
+        records = vit.self_attention_records(tokens)
+        image = tokens.input_image
+        made.append(render.overlay(image, vit.fuse_heads(vit.summary_map(records[-1]), "mean")))
+        made.append(render.to_png_bytes(render.head_grid_image(image, vit.head_grid(records).maps, tile=64)))
+        prefix = vit.prefix_attention(records)
+        if prefix is not None:
+            layers = [r.layer for r in records]
+            made.append(render.prefix_attention_figure(prefix.names, layers, prefix.values, prefix.grid_mass))
+    deform = next((a for a in analyses if a.sampling_points), None)
+    if deform is not None:
+        record, hw = deform.sampling_points[0], deform.input_image.shape[:2]
+        query = sampling.nearest_query(record, (hw[0] / 2, hw[1] / 2), hw)
+        made.append(render.sampling_figure(deform.input_image, sampling.query_samples(record, query, hw)))
+        field = sampling.offset_field(record, hw)
+        if field is not None:
+            made += [render.overlay(deform.input_image, field.magnitude),
+                     render.offset_field_figure(deform.input_image, field)]  # fmt: skip
+    return made
 
 
 def _comparison(
     names: Sequence[str], image: Image.Image, bare: dict[str, float], device: torch.device, repeats: int
 ) -> ComparisonRow:
     models = [load_model(n, weights=_weights_for(n), device=device) for n in names]
+    shown: list[Analysis] = []
 
-    def page() -> None:
+    def first_view() -> None:
+        shown.clear()
         for model in models:
-            [analysis] = analyze(model, [image], gradcam=model.spec.classifier)
-            _render_page(analysis)
+            [analysis] = analyze(model, [image], gradcam=False)
+            shown.append(compact(analysis))
+            _column(shown[-1])
+        _sections(shown)
+
+    def gradcams() -> None:
+        for model, analysis in zip(models, list(shown), strict=True):
+            [done] = add_gradcam(model, [analysis], [image])
+            if done.gradcam is not None:
+                render.overlay(done.input_image, done.gradcam.values)
 
     rss_reset = _reset_peak_rss()
     _reset_cuda_peak(device)
-    total_ms = _median_ms(page, repeats, device)
+    ms = _interleaved_ms({"first": first_view, "gradcam": gradcams}, repeats, device)
     sum_bare = sum(bare[n] for n in names)
     peak = _peak_rss_mib()
     if not rss_reset:
         log.info("RSS peak could not be reset: the comparison's peak is the process peak")
-    return ComparisonRow(tuple(names), total_ms, sum_bare, total_ms / sum_bare, peak, _cuda_peak_mib(device))
+    total = ms["first"] + ms["gradcam"]
+    return ComparisonRow(
+        models=tuple(names),
+        first_view_ms=ms["first"],
+        gradcam_ms=ms["gradcam"],
+        total_ms=total,
+        sum_bare_ms=sum_bare,
+        first_view_ratio=ms["first"] / sum_bare,
+        ratio=total / sum_bare,
+        stored_mib=sum(a.nbytes for a in shown) / 2**20,
+        peak_rss_mib=peak,
+        cuda_max_allocated_mib=_cuda_peak_mib(device),
+    )
 
 
 def _folder_images(n: int) -> tuple[list[str], list[Image.Image]]:
@@ -540,6 +586,7 @@ def format_report(report: BenchReport) -> str:
         "CAPTURE ms",
         "CAPTURE/BARE",
         "CAPTURE/FUSED",
+        "NHWC/BARE",
         "MAPS ms",
         "GRADCAM ms",
         "GRADCAM/MAPS",
@@ -554,6 +601,7 @@ def format_report(report: BenchReport) -> str:
             _ms(r.capture_ms),
             _x(r.capture_ratio),
             _x(r.fused_ratio),
+            _x(r.channels_last_ratio),
             _ms(r.maps_ms),
             _ms(r.gradcam_ms),
             _x(r.gradcam_ratio),
@@ -569,9 +617,11 @@ def format_report(report: BenchReport) -> str:
     )
     lines += [
         "",
-        f"comparison of {', '.join(c.models)} (1 image, analyze + Grad-CAM + page renders): "
-        f"{c.total_ms:.1f} ms = {c.ratio:.2f}x the sum of bare forwards ({c.sum_bare_ms:.1f} ms); "
-        f"peak RSS {c.peak_rss_mib:.0f} MiB{cuda}",
+        f"comparison of {', '.join(c.models)} (1 image; sum of bare forwards {c.sum_bare_ms:.1f} ms):",
+        f"  first view (analyze + compact + the page's first renders): {c.first_view_ms:.1f} ms = "
+        f"{c.first_view_ratio:.2f}x",
+        f"  with the Grad-CAM baselines added: {c.total_ms:.1f} ms = {c.ratio:.2f}x; "
+        f"stored {c.stored_mib:.1f} MiB, peak RSS {c.peak_rss_mib:.0f} MiB{cuda}",
         f"CLI batch ({b.model}, {b.images} images, analyze + Grad-CAM + export): "
         f"batched {b.batched_img_s:.2f} img/s, one at a time {b.single_img_s:.2f} img/s, "
         f"speed-up {b.speedup:.2f}x",

@@ -114,11 +114,15 @@ class Capture:
     Args:
         model: the model to capture from.
         taps: what to read; each tap's output is stored every time its module runs.
+        read: False applies only the taps' settings (``attrs``, e.g. timm's unfused attention path)
+            and reads nothing: the model runs as it does under capture, minus the hooks. The
+            benchmark's "bare" forward of a ViT is this.
     """
 
-    def __init__(self, model: nn.Module, taps: list[Tap]) -> None:
+    def __init__(self, model: nn.Module, taps: list[Tap], *, read: bool = True) -> None:
         self.model = model
         self.taps = list(taps)
+        self.read = read
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._training: list[nn.Module] = []  # the modules that were in training mode
         self._attrs: list[tuple[object, str, Any]] = []
@@ -139,6 +143,8 @@ class Capture:
             for tap in self.taps:
                 for obj, name, value in tap.attrs:
                     self.set_attr(obj, name, value)
+                if not self.read:
+                    continue
                 if tap.intercept is not None:
                     self.set_attr(tap.module, "forward", self._intercepting(tap))
                 elif tap.read_input is not None:

@@ -48,9 +48,13 @@ def _keys(obj: object) -> object:
 def _fake_report() -> BenchReport:
     """A hand-made report (no models run), for the CLI wiring and the formatting."""
     machine = MachineInfo("cpu", "test CPU", "2.x", 2, 2, "3.11", "2025-01-01T00:00:00+00:00", 3, True, True)
-    vit = ModelRow("vit_x", "random", (224, 224), 10.0, 8.0, 11.0, 1.1, 1.375, 20.0, 40.0, 2.0, 500.0, None)
-    cnn = ModelRow("cnn_y", "pretrained", (96, 96), 2.0, None, 2.2, 1.1, None, 4.0, 6.0, 1.5, 510.0, None)
-    comparison = ComparisonRow(("vit_x", "cnn_y"), 50.0, 10.0, 5.0, 600.0, None)
+    vit = ModelRow(
+        "vit_x", "random", (224, 224), 10.0, 8.0, 11.0, 1.1, 1.375, None, None, 20.0, 40.0, 2.0, 500.0, None
+    )
+    cnn = ModelRow(
+        "cnn_y", "pretrained", (96, 96), 2.0, None, 2.2, 1.1, None, 1.5, 0.75, 4.0, 6.0, 1.5, 510.0, None
+    )
+    comparison = ComparisonRow(("vit_x", "cnn_y"), 15.0, 35.0, 50.0, 10.0, 1.5, 5.0, 3.25, 600.0, None)
     batch = BatchThroughput("cnn_y", 4, 8.0, 4.0, 2.0)
     return BenchReport(machine, (vit, cnn), comparison, batch)
 
@@ -65,7 +69,9 @@ def test_format_report_names_every_model_and_ratio() -> None:
     for name in ("vit_x", "cnn_y"):
         assert name in text
     assert "1.38x" in text  # the fused ratio of the ViT
-    assert "5.00x" in text  # comparison ÷ bare forwards
+    assert "0.75x" in text  # channels-last ÷ bare of the CNN
+    assert "15.0 ms = 1.50x" in text  # the comparison's first view ÷ bare forwards
+    assert "50.0 ms = 5.00x" in text  # with Grad-CAM
     assert "speed-up 2.00x" in text
 
 
@@ -150,15 +156,23 @@ def test_model_rows_are_positive_and_consistent(report: BenchReport) -> None:
             assert r.fused_ratio == pytest.approx(r.capture_ms / r.fused_ms)
         else:
             assert r.fused_ratio is None
+        # channels-last: measured for the convolutional networks only
+        assert (r.channels_last_ms is not None) == (not vit), r.model
+        if not vit:
+            _positive(r.channels_last_ms, f"{r.model}.channels_last_ms")
+            assert r.channels_last_ratio == pytest.approx(r.channels_last_ms / r.bare_ms)
 
 
 @pytest.mark.slow
 def test_comparison_and_batch(report: BenchReport) -> None:
     c = report.comparison
     assert c.models == SMALL_MODELS[:4]
-    for field in ("total_ms", "sum_bare_ms", "ratio", "peak_rss_mib"):
+    times = ("first_view_ms", "gradcam_ms", "total_ms", "sum_bare_ms")
+    for field in (*times, "first_view_ratio", "ratio", "stored_mib", "peak_rss_mib"):
         _positive(getattr(c, field), f"comparison.{field}")
+    assert c.total_ms == pytest.approx(c.first_view_ms + c.gradcam_ms)
     assert c.ratio == pytest.approx(c.total_ms / c.sum_bare_ms)
+    assert c.first_view_ratio == pytest.approx(c.first_view_ms / c.sum_bare_ms)
     bare = {r.model: r.fused_ms if r.fused_ms is not None else r.bare_ms for r in report.models}
     assert c.sum_bare_ms == pytest.approx(sum(bare[m] for m in c.models))
     b = report.batch

@@ -538,6 +538,25 @@ def test_capture_restores_fused_attention_flags(name, runs):
             m.fused_attn = flag
 
 
+def test_capture_without_reading_applies_the_settings_only(runs):
+    """``read=False`` (the benchmark's bare forward): the unfused path, no hook, nothing stored."""
+    model = runs("deit_tiny_patch16_224").model
+    modules = [m for m in model.module.modules() if hasattr(m, "fused_attn")]
+    assert all(m.fused_attn for m in modules)
+    x = model.preprocess([make_image(9)])
+    with Capture(model.module, model.taps, read=False) as cap, torch.no_grad():
+        assert not any(m.fused_attn for m in modules)
+        assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.module.modules())
+        bare = model.module(x)
+    assert cap.results() == [] and cap.grids() == {}
+    assert all(m.fused_attn for m in modules)
+    with Capture(model.module, model.taps) as cap, torch.no_grad():
+        captured = model.module(x)
+    close(captured, bare, atol=0, rtol=0)  # the same path, read or not
+    assert len(cap.results()) == 12
+    _assert_no_leftovers(model.module)
+
+
 @pytest.mark.parametrize("name", ["swin_t", "botnet26t_256", "halonet26t"])
 def test_intercepting_capture_leaves_no_hooks_or_modes(name, runs):
     model = runs(name).model
