@@ -365,8 +365,15 @@ def _fallback_note(total: int, sizes: list[int]) -> str:
     return f"GPU memory ran out for a batch of {_plural(total, 'image')}; they were analysed {how}."
 
 
+class _Runner(Protocol):
+    """What the memory fallback names in its messages: a LoadedModel or a DetrBundle."""
+
+    name: str
+    device: torch.device
+
+
 def _run_in_batches(
-    model: LoadedModel, pil: list[_Item], forward: Callable[[list[_Item]], _Sized]
+    model: _Runner, pil: list[_Item], forward: Callable[[list[_Item]], _Sized]
 ) -> tuple[list[_Sized], str | None]:
     """Run all of ``pil`` (images, or anything one forward takes per image) through ``forward``,
     halving batches that run out of GPU memory.

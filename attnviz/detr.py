@@ -39,6 +39,7 @@ maps are ceil-rounded): ``s_l`` is what the model's coordinates imply.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import threading
@@ -52,7 +53,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .analysis import _as_pil, _display_images
+from .analysis import _as_pil, _display_images, _run_in_batches
 from .capture import Capture, Tap
 from .errors import CheckpointError, WeightsUnavailableError
 from .models import resolve_device
@@ -487,6 +488,12 @@ def analyze_detr(
         is the query's reference point on each point's level; ``query_points`` is an encoder
         query's cell centre or a decoder query's reference point. ``input_image`` is the valid
         (unpadded) region of the model input, so every coordinate refers to it.
+
+    When the GPU runs out of memory, the cache is freed and the images run again in halved
+    batches (as :func:`attnviz.analyze` does); such results carry a note in ``Analysis.notes``.
+
+    Raises:
+        GPUMemoryError: the GPU ran out of memory even for one image.
     """
     if not isinstance(bundle, DetrBundle):
         raise TypeError(
@@ -501,8 +508,30 @@ def analyze_detr(
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValueError(f"top must be a positive int, got {top!r}")
     with bundle.lock:
-        pixel_values, pixel_mask = bundle.preprocess(images)
-        outputs, captured = _capture(bundle, pixel_values, pixel_mask)
+        batches, note = _run_in_batches(
+            bundle, list(images), lambda chunk: _Done(_run(bundle, chunk, threshold, top))
+        )
+    results = [a for b in batches for a in b.results]
+    if note:
+        results = [dataclasses.replace(a, notes=(*a.notes, note)) for a in results]
+    return results
+
+
+@dataclass
+class _Done:
+    """The analyses of one batch (what the GPU memory fallback counts)."""
+
+    results: list[Analysis]
+
+    @property
+    def size(self) -> int:
+        return len(self.results)
+
+
+def _run(bundle: DetrBundle, images: Sequence, threshold: float, top: int) -> list[Analysis]:
+    """One batched forward with capture; the caller holds the bundle's lock."""
+    pixel_values, pixel_mask = bundle.preprocess(images)
+    outputs, captured = _capture(bundle, pixel_values, pixel_mask)
     mask = pixel_mask.cpu().bool()
     valid = [(int(m[:, 0].sum()), int(m[0, :].sum())) for m in mask]
     shown = _display_images(pixel_values, bundle.mean, bundle.std)

@@ -556,3 +556,56 @@ def test_registry_model_analyses_and_exports_a_sample(tmp_path):
     [det] = [r for r in summary["records"] if r["type"] == "Detections"]
     assert len(det["objects"]) == len(result.detections.labels)
     assert summary["files"]["detections"] == "cat/deformable_detr/detections.png"
+
+
+# --- GPU memory fallback (simulated on the CPU) ---------------------------------------------------
+
+
+def _fail_above(monkeypatch: pytest.MonkeyPatch, bundle: DetrBundle, limit: int) -> list[int]:
+    """The module runs out of memory (simulated) for batches above ``limit``; returns the sizes tried."""
+    sizes: list[int] = []
+    original = bundle.module.forward
+
+    def forward(*args, **kwargs):
+        n = int(kwargs["pixel_values"].shape[0])
+        sizes.append(n)
+        if n > limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (simulated for {n} images)")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bundle.module, "forward", forward)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    return sizes
+
+
+def test_out_of_memory_runs_the_images_in_smaller_batches(detr, pictures, monkeypatch):
+    alone = [analyze_detr(detr, [p])[0] for p in pictures]
+    sizes = _fail_above(monkeypatch, detr, 1)
+
+    got = analyze_detr(detr, pictures)
+
+    assert sizes == [2, 1, 1]
+    note = "GPU memory ran out for a batch of 2 images; they were analysed one at a time."
+    for mine, want in zip(got, alone, strict=True):
+        assert mine.notes == (note,)
+        np.testing.assert_array_equal(mine.input_image, want.input_image)
+        for a, b in zip(mine.records, want.records, strict=True):
+            if isinstance(a, SamplingPoints):
+                np.testing.assert_array_equal(a.points, b.points)
+                np.testing.assert_array_equal(a.weights, b.weights)
+            else:
+                np.testing.assert_array_equal(a.boxes, b.boxes)
+    monkeypatch.undo()
+    assert "forward" not in detr.module.__dict__
+
+
+def test_out_of_memory_for_one_image_raises_a_clear_error(detr, pictures, monkeypatch):
+    sizes = _fail_above(monkeypatch, detr, 0)
+    with pytest.raises(
+        attnviz.GPUMemoryError, match="deformable_detr ran out of GPU memory even for one image"
+    ):
+        analyze_detr(detr, pictures)
+    assert sizes == [2, 1]
+    monkeypatch.undo()
+    assert not [m for m in detr.module.modules() if m._forward_hooks or m._forward_pre_hooks]
