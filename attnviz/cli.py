@@ -1,10 +1,13 @@
 """The command line: ``python -m attnviz list``, ``analyze``, ``zoo`` and ``bench``.
 
-``list`` shows the model zoo; ``analyze`` runs images through models and writes the export
-bundle (:mod:`attnviz.export`) to a folder; ``bench`` measures what capture costs
+``list`` shows the model zoo; ``analyze`` runs images (files or folders) through models and
+writes the export bundle (:mod:`attnviz.export`) to a folder, batch by batch
+(:mod:`attnviz.pipeline`); ``bench`` measures what capture costs
 (:mod:`attnviz.bench`). The library logs; this module configures logging and
 prints. Every expected failure ends with one line ``attnviz: error: ...`` on stderr and a non-zero
-exit status (2 for bad arguments, 1 otherwise); ``-v`` adds INFO logs and tracebacks.
+exit status (2 for bad arguments, 1 otherwise); ``-v`` adds INFO logs and tracebacks. ``analyze``
+skips an unreadable image (one ``attnviz: skipped: ...`` line each), writes the other results and
+then exits with 1.
 """
 
 from __future__ import annotations
@@ -23,19 +26,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from .analysis import analyze
 from .errors import AttnvizError
-from .export import SUMMARY_FILENAME, export_files, validate_style, write_bundle
-from .imageio import ImageLoadError, load_image
-from .models import ProgressFn, get_spec, list_models, load_model, resolve_device
+from .export import SUMMARY_FILENAME, validate_style
+from .imageio import ImageLoadError
+from .models import ProgressFn, get_spec, list_models, resolve_device
+from .pipeline import (
+    DEFAULT_BATCH_SIZE,
+    IMAGE_EXTENSIONS,
+    MAX_BATCH_SIZE,
+    PipelineEvent,
+    PipelineReport,
+    analyze_to_folder,
+    expand_image_paths,
+)
 from .records import Analysis
 
 __all__ = ["MAX_IMAGES", "MAX_MODELS", "main"]
 
 PROG = "attnviz"
 
-MAX_IMAGES = 16
-"""Most images one ``analyze`` call accepts (they go through each model in one batch)."""
+MAX_IMAGES = 10_000
+"""Most images one ``analyze`` call accepts, after folders are expanded. Memory does not grow with
+it (images are read and written batch by batch); it bounds the run time and ``summary.json``."""
 
 MAX_MODELS = 4
 """Most models one ``analyze`` call accepts."""
@@ -94,11 +106,22 @@ def _build_parser() -> argparse.ArgumentParser:
         help="analyse images and export the results",
         description=(
             "Run images through models, capture every attention block and write an export bundle "
-            f"(summary.json, PNG overlays, CSV, HTML charts) to a folder. At most {MAX_IMAGES} images "
-            f"and {MAX_MODELS} models per call."
+            "(summary.json, PNG overlays, CSV, HTML charts) to a folder. Models run one after the "
+            "other; images go through each in batches, read ahead of the forward and written while "
+            f"the next batch runs. At most {MAX_IMAGES} images and {MAX_MODELS} models per call. "
+            "An unreadable image is skipped and named on stderr; the exit status is then 1, "
+            "though every other result is written (0 when every image was analysed)."
         ),
     )
-    run.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG, WebP or GIF files")
+    run.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help=(
+            "JPEG, PNG, WebP or GIF files, or folders: a folder gives its files named "
+            f"*{', *'.join(IMAGE_EXTENSIONS)} (any case; not hidden ones, not subfolders), sorted by name"
+        ),
+    )
     run.add_argument(
         "--model",
         "-m",
@@ -115,6 +138,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="where to run (default: auto)")
     run.add_argument("--out", "-o", required=True, metavar="DIR", help="folder to write the results to")
+    run.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"images per forward, 1 to {MAX_BATCH_SIZE} (default: {DEFAULT_BATCH_SIZE})",
+    )
     run.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM baseline")
     run.add_argument(
         "--autocast",
@@ -164,6 +194,17 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", "-m", action="append", metavar="NAME", help="a model; repeat for several")
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
+
+
+def _batch_size(text: str) -> int:
+    message = f"expected an integer in [1, {MAX_BATCH_SIZE}], got {text!r}"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
+    if not 1 <= value <= MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(message)
+    return value
 
 
 def _alpha(text: str) -> float:
@@ -232,10 +273,15 @@ def _progress_printer(err: TextIO, model: str) -> ProgressFn:
     return progress
 
 
-def _check_analyze_args(args: argparse.Namespace) -> list[str]:
-    """Everything that can be checked before the slow work; returns the models, duplicates removed."""
-    if len(args.images) > MAX_IMAGES:
-        raise _UsageError(f"too many images: {len(args.images)} given, at most {MAX_IMAGES} per call")
+def _check_analyze_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Everything that can be checked before the slow work; returns the image paths (folders
+    expanded) and the models (duplicates removed)."""
+    try:
+        images = expand_image_paths(args.images)
+    except ValueError as exc:
+        raise _Failure(str(exc)) from None
+    if len(images) > MAX_IMAGES:
+        raise _UsageError(f"too many images: {len(images)} given, at most {MAX_IMAGES} per call")
     models = list(dict.fromkeys(args.model))
     if len(models) > MAX_MODELS:
         raise _UsageError(f"too many models: {len(models)} given, at most {MAX_MODELS} per call")
@@ -254,7 +300,7 @@ def _check_analyze_args(args: argparse.Namespace) -> list[str]:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise _Failure(f"--out {out} exists and is not a folder")
-    return models
+    return images, models
 
 
 def _top1(analysis: Analysis) -> str:
@@ -269,49 +315,99 @@ def _top1(analysis: Analysis) -> str:
     return f"{label} ({best.probability:.1%})"
 
 
+class _AnalyzePrinter:
+    """Turns pipeline events into the CLI's lines: notes on stderr, one line per result on stdout."""
+
+    def __init__(self, target: Path, verbose: bool, out: TextIO, err: TextIO) -> None:
+        self.target, self.verbose, self.out, self.err = target, verbose, out, err
+        self.model: str | None = None
+        self.downloads: dict[str, ProgressFn] = {}
+
+    def __call__(self, event: PipelineEvent) -> None:
+        name = event.model or ""
+        if event.kind in ("loading", "analysing"):
+            _note(self.err, f"[{name}] {event.message}")
+        elif event.kind == "download":
+            # With -v the library's INFO logs already say the same.
+            if not self.verbose:
+                printer = self.downloads.setdefault(name, _progress_printer(self.err, name))
+                printer(event.message, event.fraction)
+        elif event.kind == "written" and event.analysis is not None:
+            self._result(name, event.image or "", event.folder or "", event.analysis)
+        # "skipped": listed once at the end
+
+    def _result(self, name: str, image: str, folder: str, analysis: Analysis) -> None:
+        if name != self.model:
+            self.model = name
+            untrained = ", UNTRAINED" if analysis.untrained else ""
+            self.out.write(f"{name} ({analysis.weights} weights{untrained})\n")
+        where = self.target / folder
+        head = "" if analysis.detections is not None else "top-1 "
+        self.out.write(f"  {image}: {head}{_top1(analysis)}, {len(analysis.records)} records -> {where}/\n")
+        self.out.flush()
+        for note in analysis.notes:
+            _note(self.err, f"[{name}] {note}")
+
+
+def _timing_line(report: PipelineReport) -> str:
+    parts = [
+        f"{t.model}: load {t.load_s:.1f} s, forward {t.forward_s:.1f} s, render+write {t.write_s:.1f} s"
+        for t in report.models
+        if t.results
+    ]
+    if report.gpu_utilization is not None:
+        parts.append(f"GPU utilisation {report.gpu_utilization:.0f}%")
+    return (
+        f"{report.results} result(s) in {report.wall_s:.1f} s ({report.images_per_s:.2f} images/s); "
+        + "; ".join(parts)
+    )
+
+
 def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    models = _check_analyze_args(args)
-    images = [load_image(path) for path in args.images]
-    names = list(args.images)
+    images, models = _check_analyze_args(args)
     if args.weights == "random":
         _note(
             err,
             "note: --weights random: the models are UNTRAINED, so predictions and attention maps "
             "show no learned behaviour (every result is marked untrained).",
         )
-
-    items: list[tuple[str, Analysis]] = []
-    per_model: list[tuple[str, list[Analysis]]] = []
-    for name in models:
-        _note(err, f"[{name}] loading ({args.weights} weights)")
-        # With -v the library's INFO logs already say the same.
-        progress = None if args.verbose else _progress_printer(err, name)
-        model = load_model(name, weights=args.weights, device=args.device, progress=progress)
-        _note(err, f"[{name}] analysing {len(images)} image(s) on {model.device}")
-        results = analyze(model, images, gradcam=not args.no_gradcam, autocast=args.autocast)
-        del model  # one model in memory at a time
-        per_model.append((name, results))
-        items.extend(zip(names, results, strict=True))
-
-    files = export_files(items, cmap=args.cmap, alpha=args.alpha)
     target = Path(args.out)
     try:
-        write_bundle(files, target)
+        report = analyze_to_folder(
+            images,
+            models,
+            target,
+            weights=args.weights,
+            device=args.device,
+            batch_size=args.batch_size,
+            gradcam=not args.no_gradcam,
+            autocast=args.autocast,
+            cmap=args.cmap,
+            alpha=args.alpha,
+            progress=_AnalyzePrinter(target, bool(args.verbose), out, err),
+        )
     except (OSError, ValueError) as exc:
+        if isinstance(exc, (AttnvizError, BrokenPipeError)):
+            raise
         raise _Failure(f"cannot write the results to {target}: {_os_message(exc)}") from exc
 
-    summary = json.loads(files[SUMMARY_FILENAME])
-    folders = iter(result["folder"] for result in summary["results"])
-    for name, results in per_model:
-        untrained = ", UNTRAINED" if results[0].untrained else ""
-        out.write(f"{name} ({results[0].weights} weights{untrained})\n")
-        for image, analysis in zip(names, results, strict=True):
-            where = target / next(folders)
-            head = "" if analysis.detections is not None else "top-1 "
-            out.write(f"  {image}: {head}{_top1(analysis)}, {len(analysis.records)} records -> {where}/\n")
-            for note in analysis.notes:
-                _note(err, f"[{name}] {note}")
-    out.write(f"Wrote {len(files)} files to {target} (see {target / SUMMARY_FILENAME}).\n")
+    if not report.results:  # no image could be read: nothing was written
+        if len(report.skipped) == 1:
+            raise _Failure(report.skipped[0].message)
+        for skip in report.skipped:
+            _note(err, f"skipped: {skip.message}")
+        raise _Failure(f"none of the {len(images)} images could be read")
+    out.write(f"Wrote {report.files} files to {target} (see {target / SUMMARY_FILENAME}).\n")
+    _note(err, _timing_line(report))
+    if report.skipped:
+        for skip in report.skipped:
+            _note(err, f"skipped: {skip.message}")
+        _note(
+            err,
+            f"error: {len(report.skipped)} of {len(images)} image(s) could not be read and were "
+            "skipped; the other results were written",
+        )
+        return EXIT_FAILURE
     return EXIT_OK
 
 

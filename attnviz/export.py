@@ -57,7 +57,10 @@ from .records import Analysis, ChannelWeights, Detections, GradCAM, SamplingPoin
 __all__ = [
     "CSV_FILENAME",
     "SUMMARY_FILENAME",
+    "FolderNames",
     "export_files",
+    "export_result",
+    "summary_json",
     "validate_style",
     "write_bundle",
     "zip_bundle",
@@ -110,25 +113,46 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _folders(items: Sequence[tuple[str, Analysis]]) -> list[str]:
-    """``<image-stem>/<model>`` for every item, unique across the bundle.
+class FolderNames:
+    """``<image-stem>/<model>`` folder names, unique across a bundle, given result by result.
 
     The k-th pair of one image name and one model goes to the k-th stem folder of that name: two
-    uploads can share a name, and the pairs may come image-major or model-major.
+    uploads can share a name, and the pairs may come image-major or model-major. Calling it for
+    the items of a bundle in order gives the folders :func:`export_files` uses (the streaming
+    :mod:`attnviz.pipeline` names its results the same way).
     """
-    taken_stems = {render.PLOTLYJS_FILENAME.casefold(), SUMMARY_FILENAME.casefold()}
-    stems: dict[str, list[str]] = {}
-    seen: dict[tuple[str, str], int] = {}
-    out = []
-    for image, analysis in items:
-        model = _safe_name(analysis.model, "model")
-        k = seen.get((image, model.casefold()), 0)
-        seen[(image, model.casefold())] = k + 1
-        known = stems.setdefault(image, [])
+
+    def __init__(self) -> None:
+        self._taken = {render.PLOTLYJS_FILENAME.casefold(), SUMMARY_FILENAME.casefold()}
+        self._stems: dict[str, list[str]] = {}
+        self._seen: dict[tuple[str, str], int] = {}
+
+    def __call__(self, image: str, model: str) -> str:
+        safe = _safe_name(model, "model")
+        k = self._seen.get((image, safe.casefold()), 0)
+        self._seen[(image, safe.casefold())] = k + 1
+        known = self._stems.setdefault(image, [])
         if k == len(known):
-            known.append(_unique(_image_stem(image), taken_stems))
-        out.append(f"{known[k]}/{model}")
-    return out
+            known.append(_unique(_image_stem(image), self._taken))
+        return f"{known[k]}/{safe}"
+
+
+def _folders(items: Sequence[tuple[str, Analysis]]) -> list[str]:
+    """``<image-stem>/<model>`` for every item, unique across the bundle (see :class:`FolderNames`)."""
+    names = FolderNames()
+    return [names(image, analysis.model) for image, analysis in items]
+
+
+def summary_json(results: list[dict[str, Any]]) -> bytes:
+    """``summary.json`` of a bundle from its per-result entries (strict JSON, UTF-8)."""
+    from . import __version__  # not at the top: __init__ may import this module before defining it
+
+    summary = {
+        "attnviz_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "results": results,
+    }
+    return json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,7 +260,7 @@ def _check_items(items: Sequence[tuple[str, Analysis]]) -> list[tuple[str, Analy
     return pairs
 
 
-def _export_one(
+def export_result(
     image: str, analysis: Analysis, folder: str, files: dict[str, bytes], cmap: str, alpha: float
 ) -> dict[str, Any]:
     """Adds one analysis's files under ``folder`` and returns its entry of ``summary.json``."""
@@ -446,18 +470,10 @@ def export_files(
         SUMMARY_FILENAME: b"",  # placeholder, so that it comes second
     }
     results = [
-        _export_one(image, analysis, folder, files, cmap, alpha)
+        export_result(image, analysis, folder, files, cmap, alpha)
         for (image, analysis), folder in zip(pairs, _folders(pairs), strict=True)
     ]
-    from . import __version__  # not at the top: __init__ may import this module before defining it
-
-    summary = {
-        "attnviz_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "results": results,
-    }
-    text = json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False)
-    files[SUMMARY_FILENAME] = text.encode("utf-8")
+    files[SUMMARY_FILENAME] = summary_json(results)
     log.info("exported %d analyses into %d files", len(pairs), len(files))
     return files
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +227,153 @@ def test_verbose_adds_the_traceback(png: Path, tmp_path: Path, capsys: pytest.Ca
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", "--help"]) == 0
     assert "--weights" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------
+# analyze: folders, batches, unreadable files
+# --------------------------------------------------------------------------------------------------
+
+
+def _folder_of_images(folder: Path, n: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"img{i}.png"
+        pixels = np.random.default_rng(i).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+        Image.fromarray(pixels, "RGB").save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.slow
+def test_analyze_a_folder_in_batches_skips_unreadable_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "pics"
+    good = _folder_of_images(folder, 3)
+    (folder / "bad.png").write_text("hello, not an image\n")
+    (folder / ".hidden.png").write_text("never read\n")
+    (folder / "notes.txt").write_text("not an image name\n")
+    out = tmp_path / "out"
+    models = ["zoo_se", "zoo_cbam"]
+    args = ["analyze", str(folder), *(f"-m{m}" for m in models), "--batch-size", "2", "--no-gradcam"]
+    rc = main([*args, "--device", "cpu", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 1, captured.err  # one file could not be read: 1, though the rest is written
+    patterns = []
+    for model in models:  # model by model, each result as soon as it is written
+        patterns.append(re.escape(f"{model} (pretrained weights)"))
+        patterns += [
+            re.escape(f"  {p}: top-1 ")
+            + r".+ \(\d+\.\d%\), \d+ records -> "
+            + re.escape(f"{out / p.stem / model}/")
+            for p in good
+        ]
+    n_files = sum(1 for p in out.rglob("*") if p.is_file())
+    patterns.append(re.escape(f"Wrote {n_files} files to {out} (see {out / 'summary.json'})."))
+    lines = captured.out.splitlines()
+    assert len(lines) == len(patterns), captured.out
+    for line, pattern in zip(lines, patterns, strict=True):
+        assert re.fullmatch(pattern, line), line
+
+    err = captured.err.splitlines()
+    assert "Traceback" not in captured.err
+    assert f"attnviz: skipped: {folder / 'bad.png'} is not a supported image" in captured.err
+    assert err[-1].startswith("attnviz: error: 1 of 4 image(s) could not be read")
+    assert any("images/s" in line and "forward" in line and "render+write" in line for line in err)
+    summary = json.loads((out / "summary.json").read_text("utf-8"))
+    assert [(r["image"], r["model"]) for r in summary["results"]] == [
+        (str(p), m) for m in models for p in good
+    ]
+    assert not (out / ".hidden").exists() and not (out / "bad").exists()
+
+
+@pytest.mark.slow
+def test_analyze_exits_zero_when_every_image_was_analysed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = _folder_of_images(tmp_path / "pics", 3)
+    out = tmp_path / "out"
+    args = ["analyze", str(images[0]), str(tmp_path / "pics"), "-m", "zoo_se", "--batch-size", "64"]
+    rc = main([*args, "--no-gradcam", "--device", "cpu", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    summary = json.loads((out / "summary.json").read_text("utf-8"))
+    # a file given twice (alone and through its folder) gets a second folder, as before
+    assert [r["folder"] for r in summary["results"]] == [
+        "img0/zoo_se",
+        "img0-2/zoo_se",
+        "img1/zoo_se",
+        "img2/zoo_se",
+    ]
+    assert "error" not in captured.err
+
+
+@pytest.mark.parametrize("value", ["0", "65", "x", "2.5", "-1"])
+def test_batch_size_must_be_1_to_64(
+    value: str, png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    rc = main(["analyze", str(png), "-m", "zoo_se", f"--batch-size={value}", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert f"--batch-size: expected an integer in [1, 64], got '{value}'" in _one_error_line(captured.err)
+    assert captured.out == "" and not out.exists()
+
+
+@pytest.mark.parametrize("content", [[], [".hidden.png", "readme.txt"]], ids=["empty", "no-images"])
+def test_a_folder_without_images_is_one_line(
+    content: list[str], png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for name in content:
+        (folder / name).write_text("x")
+    out = tmp_path / "out"
+    rc = main(["analyze", str(png), str(folder), "-m", "zoo_se", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert f"the folder {folder} holds no image files (.jpg," in _one_error_line(captured.err)
+    assert captured.out == "" and not out.exists()
+
+
+def test_the_image_cap_counts_folder_contents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from attnviz import cli
+
+    monkeypatch.setattr(cli, "MAX_IMAGES", 2)
+    _folder_of_images(tmp_path / "pics", 3)
+    rc = main(["analyze", str(tmp_path / "pics"), "-m", "zoo_se", "--out", str(tmp_path / "out")])
+    assert rc == 2
+    assert "too many images: 3 given, at most 2 per call" in _one_error_line(capsys.readouterr().err)
+    assert MAX_IMAGES == 10_000
+
+
+def test_no_readable_image_lists_each_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.png").write_text("hello\n")
+    (tmp_path / "b.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    rc = main(
+        ["analyze", str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), "-m", "zoo_se", "--out", str(out)]
+    )
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert captured.err.splitlines() == [
+        f"attnviz: skipped: {tmp_path / 'a.png'} is not a supported image: JPEG, PNG, WebP or GIF expected "
+        "(the file looks like text).",
+        f"attnviz: skipped: {tmp_path / 'b.jpg'} is empty (0 bytes).",
+        "attnviz: error: none of the 2 images could be read",
+    ]
+    assert captured.out == "" and not out.exists()
+
+
+def test_help_documents_folders_batches_and_the_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--batch-size N images per forward, 1 to 64 (default: 8)" in text
+    assert "or folders" in text and "*.jpg" in text and "sorted by name" in text
+    assert "At most 10000 images" in text
+    assert "the exit status is then 1" in text

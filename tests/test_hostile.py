@@ -126,7 +126,7 @@ def test_per_run_caps_of_the_app_and_the_cli() -> None:
 
     page = next(load_page("compare"))
     assert (page.MAX_IMAGES, page.MAX_MODELS) == (8, 4)
-    assert (cli.MAX_IMAGES, cli.MAX_MODELS) == (16, 4)
+    assert (cli.MAX_IMAGES, cli.MAX_MODELS) == (10_000, 4)
 
 
 def test_cli_error_stays_one_line_when_a_library_logger_is_verbose(
