@@ -55,7 +55,7 @@ def _fake_report() -> BenchReport:
         "cnn_y", "pretrained", (96, 96), 2.0, None, 2.2, 1.1, None, 1.5, 0.75, 4.0, 6.0, 1.5, 510.0, None
     )
     comparison = ComparisonRow(("vit_x", "cnn_y"), 15.0, 35.0, 50.0, 10.0, 1.5, 5.0, 3.25, 600.0, None)
-    batch = BatchThroughput("cnn_y", 4, 8.0, 4.0, 2.0)
+    batch = BatchThroughput("cnn_y", 4, 4, 8.0, 4.0, 2.0, None)
     return BenchReport(machine, (vit, cnn), comparison, batch)
 
 
@@ -177,6 +177,7 @@ def test_comparison_and_batch(report: BenchReport) -> None:
     assert c.sum_bare_ms == pytest.approx(sum(bare[m] for m in c.models))
     b = report.batch
     assert b.images == bench.SMALL_BATCH_IMAGES and b.model in SMALL_MODELS
+    assert b.batch_size == bench.SMALL_BATCH_IMAGES and b.gpu_utilization is None  # CPU run
     for field in ("batched_img_s", "single_img_s", "speedup"):
         _positive(getattr(b, field), f"batch.{field}")
     assert b.speedup == pytest.approx(b.batched_img_s / b.single_img_s)
