@@ -12,7 +12,7 @@ Renderers live in :mod:`attnviz.render`. This package never imports streamlit.
 
 from __future__ import annotations
 
-from . import render, sampling, vit, zoo
+from . import pipeline, render, sampling, vit, zoo
 from .analysis import add_gradcam, analyze
 from .errors import (
     AttnvizError,
@@ -24,6 +24,7 @@ from .errors import (
 )
 from .imageio import ImageLoadError, load_image
 from .models import LoadedModel, ModelSpec, get_spec, list_models, load_checkpoint, load_model, resolve_device
+from .pipeline import analyze_to_folder
 from .records import (
     Analysis,
     AxisGates,
@@ -62,12 +63,14 @@ __all__ = [
     "WindowAttention",
     "add_gradcam",
     "analyze",
+    "analyze_to_folder",
     "compact",
     "get_spec",
     "list_models",
     "load_checkpoint",
     "load_image",
     "load_model",
+    "pipeline",
     "render",
     "resolve_device",
     "sampling",
