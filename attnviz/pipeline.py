@@ -591,7 +591,7 @@ def _check_args(
         raise TypeError(f"images must be a sequence of paths, got {type(images).__name__}")
     if not images:
         raise ValueError("analyze_to_folder needs at least one image")
-    paths = [os.fspath(p) for p in images]
+    paths = expand_image_paths([os.fspath(p) for p in images])  # folders stand for their images
     if isinstance(models, str) or not isinstance(models, Sequence):
         raise TypeError(f"models must be a sequence of model names, got {type(models).__name__}")
     names = list(dict.fromkeys(models))
@@ -632,7 +632,7 @@ def analyze_to_folder(
     written so far stay, without a new ``summary.json``.
 
     Args:
-        images: image file paths (see :func:`expand_image_paths` for folders); each is read by
+        images: image file paths and folders (expanded by :func:`expand_image_paths`); each is read by
             :func:`attnviz.load_image`, once per model, so memory does not grow with their number.
         models: model names from :func:`attnviz.list_models`; duplicates are dropped. They are
             loaded one after the other, never two at a time.
