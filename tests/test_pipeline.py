@@ -144,6 +144,16 @@ def test_streamed_bundle_equals_export_files(tmp_path: Path, fake_forward: None)
     assert [(t.model, t.results, t.batches) for t in report.models] == [(m, 7, 3) for m in MODELS]
 
 
+def test_a_folder_given_to_the_library_stands_for_its_images(tmp_path: Path, fake_forward: None) -> None:
+    paths = _write_pngs(tmp_path / "in", 3)
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    report = analyze_to_folder([tmp_path / "in"], MODELS[:1], out, device="cpu", batch_size=2)
+    items = [(p, _fake_analysis(MODELS[0], load_image(p))) for p in sorted(paths)]
+    _assert_same_bundle(_bundle(out), export_files(items))
+    assert report.results == 3 and report.skipped == ()
+
+
 @pytest.mark.slow
 def test_streamed_bundle_equals_export_files_with_real_models(tmp_path: Path) -> None:
     paths = _write_pngs(tmp_path / "in", 5, size=(70, 90))
