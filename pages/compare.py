@@ -166,15 +166,10 @@ def _trim(store: dict, limit: int, keep: Iterable[object] = ()) -> None:
             del store[key]
 
 
-def analysis_nbytes(analysis: attnviz.Analysis) -> int:
-    """Bytes held by the numpy arrays of one result (its image and every record)."""
-    return analysis.nbytes
-
-
 def _trim_bytes(store: dict, limit: int, keep: Iterable[object] = ()) -> None:
     """Drop the oldest results of ``store`` until their arrays hold at most ``limit`` bytes."""
     protected = set(keep)
-    sizes = {key: analysis_nbytes(a) for key, a in store.items()}
+    sizes = {key: a.nbytes for key, a in store.items()}
     total = sum(sizes.values())
     for key in list(store):
         if total <= limit:
@@ -1018,7 +1013,6 @@ def _results(config: RunConfig, settings: Settings) -> None:
                 slots,
             )
     _add_gradcams(config, image, slots, settings)
-    analyses = {m: results.get(config.result_key(image, m)) for m in config.models}
 
     _transformer_views(config, image, analyses, settings)
     _deformable_views(analyses, settings)

@@ -569,7 +569,7 @@ def test_stored_results_are_trimmed_by_bytes_keeping_the_current_run(compare_pag
         return attnviz.Analysis("m", "random", True, image, ())
 
     store = {f"old{i}": result(2) for i in range(4)} | {"current": result(3)}
-    sizes = {k: compare_page.analysis_nbytes(a) for k, a in store.items()}
+    sizes = {k: a.nbytes for k, a in store.items()}
     assert sizes["current"] == 3 * 512 * 683 * 3
     compare_page._trim_bytes(store, sizes["current"] + 2 * sizes["old0"], keep=["current"])
     assert list(store) == ["old2", "old3", "current"]  # the oldest go first
