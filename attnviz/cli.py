@@ -40,6 +40,7 @@ from .pipeline import (
     expand_image_paths,
 )
 from .records import Analysis
+from .scales import SCALE_MODES
 
 __all__ = ["MAX_IMAGES", "MAX_MODELS", "main"]
 
@@ -154,6 +155,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--cmap", default="jet", help="matplotlib colormap of the overlays (default: jet)")
     run.add_argument("--alpha", type=_alpha, default=0.5, help="overlay opacity in [0, 1] (default: 0.5)")
+    run.add_argument(
+        "--scale",
+        choices=SCALE_MODES,
+        default="absolute",
+        help="colour scale of the overlays: absolute (default: gates and Grad-CAM on 0-1, other maps "
+        "from 0 to their largest value) or stretched (each map's own min-max); every overlay shows its "
+        "colour bar and summary.json gives each map's range and scale",
+    )
 
     zoo = commands.add_parser(
         "zoo",
@@ -294,7 +303,7 @@ def _check_analyze_args(args: argparse.Namespace) -> tuple[list[str], list[str]]
             "a .safetensors/.pth state dict)"
         )
     try:
-        validate_style(args.cmap, args.alpha)
+        validate_style(args.cmap, args.alpha, args.scale)
     except (ValueError, TypeError) as err:
         raise _UsageError(str(err)) from None
     out = Path(args.out)
@@ -384,6 +393,7 @@ def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             autocast=args.autocast,
             cmap=args.cmap,
             alpha=args.alpha,
+            scale=args.scale,
             progress=_AnalyzePrinter(target, bool(args.verbose), out, err),
         )
     except (OSError, ValueError) as exc:

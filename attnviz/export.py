@@ -8,7 +8,8 @@ get the same layout::
     summary.json                      every result and record, with stats and file paths
     <image-stem>/<model>/
         input.png                     the crop the model saw ([H, W] = the model's input size)
-        gradcam.png                   Grad-CAM overlay (when it was computed)
+        gradcam.png                   Grad-CAM overlay (when it was computed); every overlay has
+                                      its colour bar strip underneath (values, unit, scale)
         block03_gc_context.png        one overlay per SpatialMap record
         block01_ca_axisgates.png      one overlay per other record with a heat map (attnviz.maps):
                                       axis gates, token attention, sampling points
@@ -24,6 +25,11 @@ get the same layout::
         rollout.png                   attention rollout (ViTs: every block keeps the same tokens)
         head_stats.html               per-head mean attention distance and entropy by layer
         prefix_attention.html         attention to the class/distillation/register tokens by layer
+
+Overlays are drawn on the crop the model saw, enlarged by a whole factor (nearest neighbour) when
+it is narrower than :data:`MIN_OVERLAY_WIDTH` so that the colour bar stays readable, with the
+colour bar strip of their :class:`attnviz.scales.MapScale` underneath; ``summary.json`` gives each
+map's value range and the scale used.
 
 Folder names keep only ``[A-Za-z0-9._-]``, never start with a dot and are made unique (also
 case-insensitively, for the file systems that fold case) with a ``-2``, ``-3``... suffix.
@@ -53,6 +59,17 @@ from PIL import Image
 from . import render, sampling, vit
 from .maps import record_map
 from .records import Analysis, ChannelWeights, Detections, GradCAM, SamplingPoints, SpatialMap
+from .scales import (
+    GRADCAM,
+    OFFSET_LENGTH,
+    PROBABILITY,
+    ROLLOUT,
+    MapScale,
+    Quantity,
+    check_mode,
+    map_scale,
+    value_range,
+)
 
 __all__ = [
     "CSV_FILENAME",
@@ -73,6 +90,10 @@ SUMMARY_FILENAME = "summary.json"
 
 CSV_FILENAME = "channel_weights.csv"
 """Name of the per-analysis CSV of channel weights."""
+
+MIN_OVERLAY_WIDTH = 224
+"""Overlays of narrower model inputs (the zoo's 96 px) are enlarged by a whole factor to at least
+this width, so that their colour bar can be read."""
 
 _PLOTLYJS_REF = f"../../{render.PLOTLYJS_FILENAME}"
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -225,20 +246,65 @@ def _npz(rec: SamplingPoints) -> bytes:
 # --------------------------------------------------------------------------------------------------
 
 
-def validate_style(cmap: str, alpha: float) -> None:
-    """Checks an overlay colormap and opacity before any work, with the renderer's own checks.
+def validate_style(cmap: str, alpha: float, scale: str = "absolute") -> None:
+    """Checks an overlay colormap, opacity and scale mode before any work, with the renderer's checks.
 
     Args:
         cmap: a name in ``matplotlib.colormaps``.
         alpha: opacity of the colour in [0, 1].
+        scale: ``"absolute"`` or ``"stretched"`` (:data:`attnviz.scales.SCALE_MODES`).
 
     Raises:
-        ValueError: unknown colormap or ``alpha`` outside [0, 1].
+        ValueError: unknown colormap or scale, or ``alpha`` outside [0, 1].
         TypeError: ``cmap`` is not a string or ``alpha`` not a number.
     """
     if not isinstance(cmap, str):
         raise TypeError(f"cmap must be a matplotlib colormap name, got {type(cmap).__name__}")
     render.overlay(np.zeros((1, 1, 3), dtype=np.uint8), np.zeros((1, 1)), cmap=cmap, alpha=alpha)
+    check_mode(scale)
+
+
+class _Painter:
+    """Draws one result's overlays with their colour bars, on the enlarged crop, in one style."""
+
+    def __init__(self, picture: np.ndarray, cmap: str, alpha: float, mode: str) -> None:
+        self.picture = render.enlarge(picture, MIN_OVERLAY_WIDTH)
+        self.factor = self.picture.width // picture.shape[1]
+        self.cmap, self.alpha, self.mode = cmap, alpha, mode
+
+    def scale(self, values: np.ndarray, quantity: Quantity) -> MapScale:
+        return map_scale(values, quantity, self.mode)
+
+    def overlay(self, values: np.ndarray, quantity: Quantity) -> tuple[bytes, dict[str, Any]]:
+        """PNG bytes of the overlay with its colour bar, and the scale entry for ``summary.json``."""
+        scale = self.scale(values, quantity)
+        shown = render.overlay(
+            self.picture, values, cmap=self.cmap, alpha=self.alpha, value_range=scale.value_range
+        )
+        return _png(render.with_colorbar(shown, scale, cmap=self.cmap)), _scale_entry(values, scale)
+
+    def grid(self, maps: Sequence[np.ndarray]) -> tuple[bytes, dict[str, Any]]:
+        """The layer x head grid on one scale (absolute), or each tile on its own (stretched)."""
+        scale = map_scale(list(maps), PROBABILITY, self.mode)
+        shared = None if scale.stretched else scale.value_range
+        img = render.head_grid_image(self.picture, maps, cmap=self.cmap, alpha=self.alpha, value_range=shared)
+        title = "attention probability · stretched: each tile to its own min-max" if shared is None else None
+        entry = _scale_entry(np.concatenate([np.ravel(m) for m in maps]), scale)
+        if shared is None:
+            entry["scale"]["per_tile"] = True
+        return _png(render.with_colorbar(img, scale, cmap=self.cmap, title=title)), entry
+
+
+def _scale_entry(values: np.ndarray, scale: MapScale) -> dict[str, Any]:
+    lo, hi = value_range(values)
+    return {
+        "range": [_finite(lo), _finite(hi)],
+        "scale": {k: _json_value(v) for k, v in scale.to_dict().items()},
+    }
+
+
+def _json_value(value: object) -> object:
+    return _finite(value) if isinstance(value, float) else value
 
 
 def _check_items(items: Sequence[tuple[str, Analysis]]) -> list[tuple[str, Analysis]]:
@@ -261,7 +327,13 @@ def _check_items(items: Sequence[tuple[str, Analysis]]) -> list[tuple[str, Analy
 
 
 def export_result(
-    image: str, analysis: Analysis, folder: str, files: dict[str, bytes], cmap: str, alpha: float
+    image: str,
+    analysis: Analysis,
+    folder: str,
+    files: dict[str, bytes],
+    cmap: str,
+    alpha: float,
+    scale: str = "absolute",
 ) -> dict[str, Any]:
     """Adds one analysis's files under ``folder`` and returns its entry of ``summary.json``."""
 
@@ -276,6 +348,7 @@ def export_result(
 
     tag = " [untrained]" if analysis.untrained else ""
     picture = analysis.input_image
+    paint = _Painter(picture, cmap, alpha, scale)
     channel = analysis.channel_weights
     listing = {
         "input": add("input.png", _png(Image.fromarray(picture, "RGB"))),
@@ -335,8 +408,9 @@ def export_result(
         if isinstance(rec, GradCAM):
             entry["target"] = int(rec.target)
             entry["target_label"] = rec.target_label
-            shown = render.overlay(picture, rec.values, cmap=cmap, alpha=alpha)
-            entry["file"] = listing["gradcam"] = add("gradcam.png", _png(shown))
+            png, scaled = paint.overlay(rec.values, GRADCAM)
+            entry["file"] = listing["gradcam"] = add("gradcam.png", png)
+            entry["map_range"], entry["scale"] = scaled["range"], scaled["scale"]
             records.append(entry)
             continue
         if hasattr(rec, "stride"):
@@ -347,8 +421,12 @@ def export_result(
             entry["points_file"] = add(f"{stem}_points.npz", _npz(rec))
             field = sampling.offset_field(rec, picture.shape[:2])
             if field is not None:
-                shown = render.overlay(picture, field.magnitude, cmap=cmap, alpha=alpha)
-                entry["offset_magnitude_file"] = add(f"{stem}_offsets.png", _png(shown))
+                png, scaled = paint.overlay(field.magnitude, OFFSET_LENGTH)
+                entry["offset_magnitude_file"] = add(f"{stem}_offsets.png", png)
+                entry["offset_magnitude_range"], entry["offset_magnitude_scale"] = (
+                    scaled["range"],
+                    scaled["scale"],
+                )
                 fig = render.offset_field_figure(picture, field, title=f"{rec.layer}: offset field")
                 entry["offset_field_file"] = add(f"{stem}_offset_field.html", _html(fig))
                 entry["offset_field"] = field.how
@@ -356,14 +434,13 @@ def export_result(
         if amap is not None:
             # one overlay per heat map; attnviz.maps documents how each record becomes one
             entry["map"] = amap.how
-            shown = render.overlay(picture, amap.values, cmap=cmap, alpha=alpha)
+            png, scaled = paint.overlay(amap.values, amap.quantity)
+            entry["map_range"], entry["scale"] = scaled["range"], scaled["scale"]
             suffix = "" if type(rec) is SpatialMap else f"_{type(rec).__name__.lower()}"
-            entry["file"] = add(
-                f"block{rec.block:02d}_{_safe_name(rec.kind, 'map')}{suffix}.png", _png(shown)
-            )
+            entry["file"] = add(f"block{rec.block:02d}_{_safe_name(rec.kind, 'map')}{suffix}.png", png)
         records.append(entry)
 
-    transformer = _transformer_views(analysis, add, cmap, alpha)
+    transformer = _transformer_views(analysis, add, paint)
     if transformer:
         listing.update(transformer.pop("files"))
 
@@ -374,6 +451,7 @@ def export_result(
         "untrained": bool(analysis.untrained),
         "folder": folder,
         "input_size": [int(picture.shape[0]), int(picture.shape[1])],
+        "overlay_scale": {"mode": scale, "enlarged": paint.factor},
         "top5": [
             {"index": int(p.index), "label": p.label, "probability": _finite(p.probability)}
             for p in analysis.top5
@@ -389,19 +467,15 @@ def _short(layer: str) -> str:
     return layer.removesuffix(".attn").removesuffix(".self_attention")
 
 
-def _transformer_views(analysis: Analysis, add, cmap: str, alpha: float) -> dict[str, Any] | None:
+def _transformer_views(analysis: Analysis, add, paint: _Painter) -> dict[str, Any] | None:
     """The transformer views of an analysis with self-attention (attnviz.vit): the layer x head grid,
     attention rollout (when every block keeps the same tokens), head distance and entropy, and the
     attention to prefix tokens; their files and their numbers for ``summary.json``."""
     grid = vit.head_grid(analysis)
     if not grid.layers:
         return None
-    picture = analysis.input_image
-    files = {
-        "head_grid": add(
-            "head_grid.png", _png(render.head_grid_image(picture, grid.maps, cmap=cmap, alpha=alpha))
-        )
-    }
+    grid_png, grid_scale = paint.grid(grid.maps)
+    files = {"head_grid": add("head_grid.png", grid_png)}
     stats = vit.head_statistics(analysis)
     labels = [_short(layer) for layer in stats.layers]
     files["head_stats"] = add(
@@ -410,17 +484,17 @@ def _transformer_views(analysis: Analysis, add, cmap: str, alpha: float) -> dict
     out: dict[str, Any] = {
         "layers": list(grid.layers),
         "heads": [int(m.shape[0]) for m in grid.maps],
-        "head_grid": {"rows": "layers", "columns": "heads", "how": grid.how},
+        "head_grid": {"rows": "layers", "columns": "heads", "how": grid.how, **grid_scale},
         "head_distance_px": [[_finite(v) for v in d] for d in stats.distance],
         "head_entropy_nats": [[_finite(v) for v in e] for e in stats.entropy],
         "max_entropy_nats": [_finite(v) for v in stats.max_entropy],
     }
     if vit.rollout_supported(analysis):
         roll = vit.rollout(analysis)
-        files["rollout"] = add(
-            "rollout.png", _png(render.overlay(picture, roll.values, cmap=cmap, alpha=alpha))
-        )
+        roll_png, roll_scale = paint.overlay(roll.values, ROLLOUT)
+        files["rollout"] = add("rollout.png", roll_png)
         out["rollout"] = {
+            **roll_scale,
             "how": roll.how,
             "rows": [int(r) for r in roll.rows],
             "prefix_mass": {n: _finite(v) for n, v in zip(roll.prefix_names, roll.prefix_mass, strict=True)},
@@ -441,12 +515,14 @@ def _transformer_views(analysis: Analysis, add, cmap: str, alpha: float) -> dict
 
 
 def export_files(
-    items: Sequence[tuple[str, Analysis]], *, cmap: str = "jet", alpha: float = 0.5
+    items: Sequence[tuple[str, Analysis]], *, cmap: str = "jet", alpha: float = 0.5, scale: str = "absolute"
 ) -> dict[str, bytes]:
     """Renders analyses into the bundle's files (see the module docstring for the layout).
 
-    Overlays are min-max scaled per map (:func:`attnviz.render.overlay`) and drawn on the crop the
-    model saw, so every PNG has the model's input size. ``summary.json`` is strict JSON: a
+    Overlays are drawn on the crop the model saw (enlarged to at least :data:`MIN_OVERLAY_WIDTH`
+    pixels by a whole factor), each on its own :class:`attnviz.scales.MapScale` (``scale``
+    ``"absolute"``: the quantity's natural range, or 0 to the map's largest value; ``"stretched"``:
+    the map's own min-max), with the colour bar strip underneath. ``summary.json`` is strict JSON: a
     non-finite statistic is ``null``. Its ``"file"`` and ``"csv"`` entries are paths relative to
     the bundle's root.
 
@@ -455,6 +531,7 @@ def export_files(
             name or a path, of which only the file name's stem is used for the folder.
         cmap: colormap of the overlays, a name in ``matplotlib.colormaps``.
         alpha: opacity of the overlay colour, in [0, 1].
+        scale: ``"absolute"`` (default) or ``"stretched"``.
 
     Returns:
         Relative POSIX path -> file content, ``plotly.min.js`` and ``summary.json`` first.
@@ -463,14 +540,14 @@ def export_files(
         TypeError: ``items`` is not a sequence of ``(str, Analysis)`` pairs, or a bad style type.
         ValueError: ``items`` is empty, unknown colormap or ``alpha`` outside [0, 1].
     """
-    validate_style(cmap, alpha)
+    validate_style(cmap, alpha, scale)
     pairs = _check_items(items)
     files: dict[str, bytes] = {
         render.PLOTLYJS_FILENAME: plotly.offline.get_plotlyjs().encode("utf-8"),
         SUMMARY_FILENAME: b"",  # placeholder, so that it comes second
     }
     results = [
-        export_result(image, analysis, folder, files, cmap, alpha)
+        export_result(image, analysis, folder, files, cmap, alpha, scale)
         for (image, analysis), folder in zip(pairs, _folders(pairs), strict=True)
     ]
     files[SUMMARY_FILENAME] = summary_json(results)

@@ -12,8 +12,12 @@ Each record kind has one documented reduction to a map over the model input:
   averaged over queries (a column mean of the attention matrix).
 * ``SamplingPoints`` (DAT, deformable conv): the points' weights (DAT: attention received per
   sampled key; deformable conv: modulation mask, or 1) splatted bilinearly onto the feature
-  grid at the sampled positions: where the module reads from.
+  grid at the sampled positions, divided by the total weight: the share of the module's sampling
+  weight that lands on each cell, where the module reads from.
 * ``GradCAM``: the map itself (model-input pixels).
+
+Each map names its :class:`attnviz.scales.Quantity` (gate value, attention probability, share of
+sampling weight, Grad-CAM relevance), which decides its colour scale and colour bar.
 
 Maps are returned in their own resolution; :func:`attnviz.localization.upsample_map` and
 :func:`attnviz.render.overlay` bring them to the image.
@@ -35,6 +39,7 @@ from .records import (
     TokenAttention,
     WindowAttention,
 )
+from .scales import GATE, GATE_PRODUCT, GRADCAM, PROBABILITY, SAMPLING_SHARE, Quantity
 from .vit import fuse_heads, is_self_attention, summary_map
 
 __all__ = ["AttentionMap", "attention_maps", "record_map", "splat"]
@@ -50,6 +55,7 @@ class AttentionMap:
         block: the record's block (-1 for Grad-CAM).
         values: ``[h, w]`` non-negative map covering the whole model input.
         how: one line saying how it was derived.
+        quantity: what its values are (decides its colour scale).
     """
 
     layer: str
@@ -57,6 +63,7 @@ class AttentionMap:
     block: int
     values: np.ndarray
     how: str
+    quantity: Quantity = PROBABILITY
 
     @property
     def label(self) -> str:
@@ -102,12 +109,17 @@ def record_map(record: Record, input_hw: tuple[int, int]) -> AttentionMap | None
         input_hw: (H, W) of the model input (``analysis.input_image.shape[:2]``).
     """
     if isinstance(record, GradCAM):
-        return AttentionMap(record.layer, record.kind, -1, record.values, "Grad-CAM of the top-1 class")
+        how = f"Grad-CAM of “{record.target_label}”"
+        return AttentionMap(record.layer, record.kind, -1, record.values, how, GRADCAM)
     if isinstance(record, SpatialMap):
-        return AttentionMap(record.layer, record.kind, record.block, record.values, "the module's map")
+        if record.kind == "gc_context":
+            how, quantity = "the module's softmax over positions", PROBABILITY
+        else:
+            how, quantity = "the module's spatial gate", GATE
+        return AttentionMap(record.layer, record.kind, record.block, record.values, how, quantity)
     if isinstance(record, AxisGates):
         how = "channel mean of the row gate times the column gate"
-        return AttentionMap(record.layer, record.kind, record.block, record.values, how)
+        return AttentionMap(record.layer, record.kind, record.block, record.values, how, GATE_PRODUCT)
     if isinstance(record, TokenAttention | WindowAttention) and is_self_attention(record):
         values = fuse_heads(summary_map(record), "mean")
         if isinstance(record, TokenAttention) and record.prefix_names[:1] == ("cls",):
@@ -116,20 +128,28 @@ def record_map(record: Record, input_hw: tuple[int, int]) -> AttentionMap | None
             )
         else:
             how = "attention received per position, mean over queries"
-        return AttentionMap(record.layer, record.kind, record.block, values, how + ", mean over heads")
+        return AttentionMap(
+            record.layer, record.kind, record.block, values, how + ", mean over heads", PROBABILITY
+        )
     if isinstance(record, SamplingPoints):
         pts = record.points.reshape(-1, 2)
         wts = np.ones(len(pts)) if record.weights is None else record.weights.reshape(-1)
         grid = record.query_grid or _grid_of(record, input_hw)
         stride = (input_hw[0] / grid[0], input_hw[1] / grid[1])
-        how = "sampling points splatted onto the grid, weighted by " + (
-            "attention"
-            if record.kind == "dat"
-            else "the modulation mask"
-            if record.weights is not None
-            else "1"
+        how = (
+            "share of the sampling weight per cell (points splatted onto the grid, weighted by "
+            + (
+                "attention"
+                if record.kind == "dat"
+                else "the modulation mask"
+                if record.weights is not None
+                else "1"
+            )
+            + ")"
         )
-        return AttentionMap(record.layer, record.kind, record.block, splat(pts, wts, grid, stride), how)
+        total = float(np.sum(wts, dtype=np.float64))
+        values = splat(pts, wts, grid, stride) / np.float32(total if total > 0 else 1.0)
+        return AttentionMap(record.layer, record.kind, record.block, values, how, SAMPLING_SHARE)
     return None
 
 

@@ -381,13 +381,13 @@ class _Decoder(_Worker):
 class _Writer(_Worker):
     """Renders and writes every job's files, in order; keeps the ``summary.json`` entries."""
 
-    def __init__(self, out_dir: Path, cmap: str, alpha: float, stop: threading.Event) -> None:
+    def __init__(self, out_dir: Path, cmap: str, alpha: float, scale: str, stop: threading.Event) -> None:
         super().__init__("write")
         self.inbox: queue.Queue = queue.Queue(maxsize=1)
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()  # small: drained after every batch
         self.entries: list[dict[str, Any]] = []
         self.files = 0
-        self._out_dir, self._cmap, self._alpha, self._stop = out_dir, cmap, alpha, stop
+        self._out_dir, self._cmap, self._alpha, self._scale, self._stop = out_dir, cmap, alpha, scale, stop
 
     def work(self) -> None:
         while True:
@@ -399,7 +399,7 @@ class _Writer(_Worker):
             if not self.files:
                 files[render.PLOTLYJS_FILENAME] = plotly.offline.get_plotlyjs().encode("utf-8")
             entries = [
-                export_result(image, analysis, folder, files, self._cmap, self._alpha)
+                export_result(image, analysis, folder, files, self._cmap, self._alpha, self._scale)
                 for image, analysis, folder in job.items
             ]
             write_bundle(files, self._out_dir)
@@ -480,7 +480,7 @@ class _Run:
         self.progress = progress
         self.stop = threading.Event()
         self.decoder = _Decoder(paths, len(models), options["batch_size"], self.stop)
-        self.writer = _Writer(out_dir, options["cmap"], options["alpha"], self.stop)
+        self.writer = _Writer(out_dir, options["cmap"], options["alpha"], options["scale"], self.stop)
         self.folders = FolderNames()
         self.skipped: dict[str, SkippedImage] = {}
         self.tallies = [_Tally() for _ in models]
@@ -586,6 +586,7 @@ def _check_args(
     autocast: str | None,
     cmap: str,
     alpha: float,
+    scale: str = "absolute",
 ) -> tuple[list[str], list[str]]:
     if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
         raise TypeError(f"images must be a sequence of paths, got {type(images).__name__}")
@@ -605,7 +606,7 @@ def _check_args(
         raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}], got {batch_size}")
     if autocast is not None and autocast not in AUTOCAST_DTYPES:
         raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
-    validate_style(cmap, alpha)
+    validate_style(cmap, alpha, scale)
     return paths, names
 
 
@@ -621,6 +622,7 @@ def analyze_to_folder(
     autocast: str | None = None,
     cmap: str = "jet",
     alpha: float = 0.5,
+    scale: str = "absolute",
     progress: ProgressCallback | None = None,
 ) -> PipelineReport:
     """Analyses image files with each model and writes the export bundle into ``out_dir``.
@@ -644,6 +646,8 @@ def analyze_to_folder(
         autocast: ``None``, ``"bf16"`` or ``"fp16"``, as for :func:`attnviz.analyze`.
         cmap: colormap of the overlays.
         alpha: opacity of the overlays, in [0, 1].
+        scale: colour scale of the overlays, ``"absolute"`` or ``"stretched"`` (see
+            :mod:`attnviz.scales`).
         progress: called with a :class:`PipelineEvent` at every step, on the calling thread.
 
     Returns:
@@ -656,7 +660,7 @@ def analyze_to_folder(
         WeightsUnavailableError, CheckpointError, GPUMemoryError: from loading or running a model.
         OSError: an output file could not be written (raised from the writer thread).
     """
-    paths, names = _check_args(images, models, batch_size, autocast, cmap, alpha)
+    paths, names = _check_args(images, models, batch_size, autocast, cmap, alpha, scale)
     dev = resolve_device(device)
     options = {
         "weights": weights,
@@ -666,6 +670,7 @@ def analyze_to_folder(
         "autocast": autocast,
         "cmap": cmap,
         "alpha": alpha,
+        "scale": scale,
     }
     run = _Run(paths, names, Path(out_dir), options, progress)
     sampler = _GpuSampler(dev)

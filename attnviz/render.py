@@ -34,11 +34,15 @@ __all__ = [
     "PLOTLYJS_FILENAME",
     "block_channel_heatmap",
     "channel_bar",
+    "colorbar",
+    "colorbar_title",
     "draw_detections",
+    "enlarge",
     "figure_to_html",
     "gate_stats",
     "gate_stats_figure",
     "head_grid_image",
+    "head_grid_margins",
     "head_stats_figure",
     "heat_to_rgb",
     "mark_point",
@@ -49,6 +53,7 @@ __all__ = [
     "sampling_figure",
     "to_png_bytes",
     "top5_bar",
+    "with_colorbar",
     "write_plotlyjs",
 ]
 
@@ -207,8 +212,26 @@ def _normalize(arr: np.ndarray) -> np.ndarray:
     return (arr - lo) / (hi - lo)
 
 
-def _scaled_heat(heat: np.ndarray, normalize: bool) -> np.ndarray:
+def _check_range(value_range: tuple[float, float]) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"value_range must be two numbers (lo, hi), got {value_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+        raise ValueError(f"value_range must be finite with lo <= hi, got {value_range!r}")
+    return lo, hi
+
+
+def _scaled_heat(
+    heat: np.ndarray, normalize: bool, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
     arr = _as_heat(heat)
+    if value_range is not None:
+        lo, hi = _check_range(value_range)
+        if hi <= lo:
+            return np.zeros_like(arr)
+        arr = (arr - lo) / (hi - lo)
+        return np.clip(arr, 0.0, 1.0, out=arr)
     return _normalize(arr) if normalize else np.clip(arr, 0.0, 1.0)
 
 
@@ -221,6 +244,11 @@ def _normalized_stack(maps: np.ndarray) -> np.ndarray:
     lo = arr.min(axis=(1, 2), keepdims=True)
     span = arr.max(axis=(1, 2), keepdims=True) - lo
     return (arr - lo) / np.where(span > 0.0, span, 1.0)  # a constant map: 0 / 1
+
+
+def _ranged_stack(maps: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """``_scaled_heat(m, True, value_range)`` of every map of an ``[n, h, w]`` stack."""
+    return np.stack([_scaled_heat(m, True, value_range) for m in maps])
 
 
 def _as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -321,10 +349,12 @@ def overlay(
     cmap: str | Colormap = "jet",
     alpha: float = 0.5,
     normalize: bool = True,
+    value_range: tuple[float, float] | None = None,
 ) -> Image.Image:
     """Blends a coloured heat map over an image.
 
-    The heat map is scaled to [0, 1] on its own grid (min-max when ``normalize``, else clipped),
+    The heat map is scaled to [0, 1] on its own grid (``(v - lo) / (hi - lo)`` clipped for a
+    ``value_range``; else min-max when ``normalize``, or clipped),
     upsampled to the image size with bilinear interpolation that aligns pixel centres (cell
     ``(i, j)`` of an ``[h, w]`` map is centred on input pixel ``((i + 0.5) * H / h, (j + 0.5) * W / w)``),
     coloured through ``matplotlib.colormaps[cmap]`` and blended as
@@ -336,21 +366,24 @@ def overlay(
         cmap: colormap name in ``matplotlib.colormaps`` (or a ``Colormap``).
         alpha: weight of the colour, in [0, 1]; 0 returns the image, 1 the pure colour map.
         normalize: min-max scale the heat to [0, 1] (a constant map becomes all zeros); when False
-            the values are clipped to [0, 1].
+            the values are clipped to [0, 1]. Ignored when ``value_range`` is given.
+        value_range: ``(lo, hi)``: ``lo`` gets the colormap's first colour and ``hi`` its last,
+            values outside are clipped (a :class:`attnviz.scales.MapScale`'s ``value_range``, so
+            that maps compared side by side use the same colours for the same values).
 
     Returns:
         An RGB ``PIL.Image.Image`` of the image's size.
 
     Raises:
-        ValueError: bad ``alpha``, a heat map that is not 2-D or empty, an image that is not
-            ``[H, W, 3]``, or an unknown colormap name.
+        ValueError: bad ``alpha`` or ``value_range``, a heat map that is not 2-D or empty, an image
+            that is not ``[H, W, 3]``, or an unknown colormap name.
         TypeError: an image that is neither a PIL image nor a uint8 array, a non-numeric heat map,
             or a non-numeric ``alpha``.
     """
     alpha = _check_alpha(alpha)
     table = _colour_table(cmap)
     img = _as_rgb_image(image)
-    arr = _scaled_heat(heat, normalize)
+    arr = _scaled_heat(heat, normalize, value_range)
     # Interpolate after scaling so every pixel is a convex mix of the map's own [0, 1] values.
     colour = _colorize(_resize_bilinear(arr, img.height, img.width), table)
     return _rgbx_image(_blend(_shifted_rgbx(img), colour, alpha))
@@ -377,6 +410,121 @@ def to_png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_type=zlib.Z_RLE)
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# Colour bars
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def font(size: int):
+    """Pillow's bundled scalable font at ``size`` pixels (FreeType; the bitmap font without it)."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def _wrap(text: str, fnt, width: int) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` pixels (at word boundaries)."""
+    from PIL import ImageDraw
+
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and measure(f"{lines[-1]} {word}", font=fnt) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def colorbar_title(scale) -> str:
+    """The line under a colour bar: the quantity and how the colours span it."""
+    if scale.stretched:
+        how = "stretched: this map's own min-max" if scale.shared == 1 else "stretched: min-max of these maps"
+    elif scale.natural:
+        how = "absolute: natural range"
+    elif scale.shared > 1:
+        how = f"absolute: 0 to the largest of {scale.shared} maps"
+    else:
+        how = "absolute: 0 to the largest value"
+    return f"{scale.quantity.label} · {how}"
+
+
+def colorbar(
+    scale, *, cmap: str | Colormap = "jet", width: int = 448, title: str | None = None
+) -> Image.Image:
+    """A horizontal colour bar with its values: the strip drawn under every heat map attnviz shows.
+
+    The bar runs from ``scale.lo`` (the colormap's first colour, left) to ``scale.hi`` (its last,
+    right), each column coloured through the same lookup table as :func:`overlay`; three ticks
+    label the low, middle and high values, and a line below names the quantity and the scale mode
+    (:func:`colorbar_title`, or ``title``). Text scales with ``width``.
+
+    Args:
+        scale: an :class:`attnviz.scales.MapScale`.
+        cmap: colormap name in ``matplotlib.colormaps`` (or a ``Colormap``).
+        width: width in pixels (>= 64), normally the width of the picture above it.
+        title: the line under the ticks; default :func:`colorbar_title`.
+
+    Returns:
+        An RGB image ``width`` pixels wide on a white background.
+    """
+    from PIL import ImageDraw
+
+    if isinstance(width, bool) or not isinstance(width, int | np.integer) or width < 64:
+        raise ValueError(f"width must be an int >= 64, got {width!r}")
+    width = int(width)
+    table = _colour_table(cmap)
+    size = int(min(22, max(11, round(width / 30))))
+    fnt = font(size)
+    ticks = scale.ticks(3)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    pad = int(max(6, math.ceil(max(measure(t, font=fnt) for _, t in ticks) / 2) + 2))
+    bar_w, bar_h = width - 2 * pad, max(10, size)
+    lines = _wrap(title if title is not None else colorbar_title(scale), fnt, width - 8)
+    line_h = size + 3
+    top = 4
+    height = top + bar_h + 4 + line_h + len(lines) * line_h + 4
+    out = Image.new("RGB", (width, height), (255, 255, 255))
+    gradient = _colorize(np.linspace(0.0, 1.0, bar_w)[None, :].repeat(bar_h, axis=0), table)
+    out.paste(_rgbx_image(gradient), (pad, top))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle([pad - 1, top - 1, pad + bar_w, top + bar_h], outline=(80, 80, 80))
+    span = scale.hi - scale.lo
+    for value, text in ticks:
+        frac = (value - scale.lo) / span if span > 0 else 0.0
+        x = pad + frac * (bar_w - 1)
+        draw.line([x, top + bar_h, x, top + bar_h + 3], fill=(60, 60, 60))
+        draw.text((x, top + bar_h + 4), text, fill=(30, 30, 30), font=fnt, anchor="ma")
+    y = top + bar_h + 4 + line_h
+    for line in lines:
+        draw.text((width / 2, y), line, fill=(70, 70, 70), font=fnt, anchor="ma")
+        y += line_h
+    return out
+
+
+def with_colorbar(
+    picture: Image.Image, scale, *, cmap: str | Colormap = "jet", title: str | None = None
+) -> Image.Image:
+    """``picture`` with its :func:`colorbar` underneath, as one RGB image of the same width."""
+    img = _as_rgb_image(picture)
+    bar = colorbar(scale, cmap=cmap, width=max(64, img.width), title=title)
+    out = Image.new("RGB", (bar.width, img.height + bar.height), (255, 255, 255))
+    out.paste(img, (0, 0))
+    out.paste(bar, (0, img.height))
+    return out
+
+
+def enlarge(image: Image.Image | np.ndarray, min_width: int) -> Image.Image:
+    """``image`` enlarged by the smallest whole factor that makes it at least ``min_width`` wide,
+    by nearest neighbour (the pixels the model saw, only bigger); unchanged when wide enough."""
+    img = _as_rgb_image(image)
+    factor = max(1, math.ceil(int(min_width) / img.width))
+    if factor == 1:
+        return img
+    return img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -745,11 +893,14 @@ def head_grid_image(
     tile: int = 72,
     gap: int = 2,
     labels: bool = False,
+    value_range: tuple[float, float] | None = None,
+    label_px: int = 13,
 ) -> Image.Image:
     """One picture of every layer and head: row l, column h is head h's map of layer l over the image.
 
     Each tile is :func:`overlay` of the image (resized to ``tile`` px) with one head's map, scaled
-    on its own. Layers with fewer heads than the widest one (Swin: 3, 6, 12, 24) leave white tiles.
+    on its own (min-max), or on ``value_range`` shared by every tile. Layers with fewer heads than
+    the widest one (Swin: 3, 6, 12, 24) leave white tiles.
 
     Args:
         image: PIL image or ``[H, W, 3]`` uint8 array (the model input).
@@ -758,7 +909,10 @@ def head_grid_image(
         tile: tile side in pixels (16-512).
         gap: white pixels between tiles (0-16).
         labels: write the layer index left of each row and the head index above each column
-            (adds a 30 px margin on the left and 14 px on top).
+            (adds margins on the left and on top, see :func:`head_grid_margins`).
+        value_range: ``(lo, hi)`` shared by every tile (as in :func:`overlay`); None scales each
+            tile to its own minimum and maximum.
+        label_px: font size of the labels in pixels (8-40).
 
     Returns:
         An RGB image of ``layers * (tile + gap) - gap`` by ``max_heads * (tile + gap) - gap`` pixels
@@ -768,7 +922,11 @@ def head_grid_image(
         raise ValueError(f"tile must be an int in [16, 512], got {tile!r}")
     if isinstance(gap, bool) or not isinstance(gap, int | np.integer) or not 0 <= gap <= 16:
         raise ValueError(f"gap must be an int in [0, 16], got {gap!r}")
+    if isinstance(label_px, bool) or not isinstance(label_px, int | np.integer) or not 8 <= label_px <= 40:
+        raise ValueError(f"label_px must be an int in [8, 40], got {label_px!r}")
     tile, gap = int(tile), int(gap)
+    if value_range is not None:
+        value_range = _check_range(value_range)
     layers = [np.asarray(m) for m in maps]
     if not layers:
         raise ValueError("head_grid_image needs at least one layer of maps")
@@ -781,13 +939,14 @@ def head_grid_image(
     shifted = _shifted_rgbx(thumb)
     cols = max(m.shape[0] for m in layers)
     step = tile + gap
-    left, top = (30, 14) if labels else (0, 0)
+    left, top = head_grid_margins(len(layers), int(label_px)) if labels else (0, 0)
     out = Image.new("RGB", (left + cols * step - gap, top + len(layers) * step - gap), (255, 255, 255))
     for row, m in enumerate(layers):
         # Tile (row, h) is overlay(thumb, m[h]). A layer's heads are resized, coloured and blended
         # together, laid out as [tile rows, heads, tile columns], and pasted as one RGBX strip
         # with a white `gap` after each tile.
-        heads = _resize_stack(_normalized_stack(m), tile, tile)
+        scaled = _normalized_stack(m) if value_range is None else _ranged_stack(m, value_range)
+        heads = _resize_stack(scaled, tile, tile)
         tiles = _blend(shifted[:, None], _colorize(heads, table), alpha)
         n = m.shape[0]
         strip = np.full((tile, n, step, 4), 255, dtype=np.uint8)
@@ -798,11 +957,24 @@ def head_grid_image(
         from PIL import ImageDraw
 
         draw = ImageDraw.Draw(out)
+        fnt = font(int(label_px))
         for row in range(len(layers)):
-            draw.text((2, top + row * step + tile // 2 - 5), f"L{row}", fill=(60, 60, 60))
+            draw.text(
+                (left - 4, top + row * step + tile / 2), f"L{row}", fill=(40, 40, 40), font=fnt, anchor="rm"
+            )
         for col in range(cols):
-            draw.text((left + col * step + tile // 2 - 6, 1), f"h{col}", fill=(60, 60, 60))
+            draw.text(
+                (left + col * step + tile / 2, top - 3), f"h{col}", fill=(40, 40, 40), font=fnt, anchor="md"
+            )
     return out
+
+
+def head_grid_margins(layers: int, label_px: int = 13) -> tuple[int, int]:
+    """(left, top) label margins of :func:`head_grid_image` in pixels for ``layers`` rows."""
+    from PIL import ImageDraw
+
+    width = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(f"L{max(layers - 1, 0)}", font=font(label_px))
+    return math.ceil(width) + 8, int(label_px) + 6
 
 
 def query_figure(

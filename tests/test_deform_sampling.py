@@ -215,4 +215,9 @@ def test_export_writes_the_offset_views_of_every_sampling_record() -> None:
     assert entry["offset_magnitude_file"].endswith("_offsets.png")
     assert entry["offset_field"].startswith("mean offset length of each query's points")
     png = Image.open(io.BytesIO(files[f"{folder}/block00_deform_conv_offsets.png"]))
-    assert png.size == (SIZE, SIZE)
+    # the 64 px input enlarged 4x (nearest) for a readable colour bar, which sits underneath
+    assert png.width == 4 * SIZE and png.height > 4 * SIZE + 20
+    field = attnviz.sampling.offset_field(result.sampling_points[0], (SIZE, SIZE))
+    scale = entry["offset_magnitude_scale"]
+    assert (scale["quantity"], scale["unit"], scale["min"]) == ("offset length", "px", 0.0)
+    assert scale["max"] == pytest.approx(float(field.magnitude.max()))

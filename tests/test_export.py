@@ -11,6 +11,7 @@ import re
 import zipfile
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import plotly.offline
 import pytest
@@ -172,22 +173,67 @@ def test_every_referenced_file_exists(bundle: dict[str, bytes], summary: dict) -
 
 
 @pytest.mark.slow
-def test_pngs_have_the_model_input_size(analyses: list[Analysis], bundle: dict[str, bytes]) -> None:
+def test_overlays_are_the_input_with_the_map_and_its_colour_bar(
+    analyses: list[Analysis], bundle: dict[str, bytes], summary: dict
+) -> None:
     by_model = {a.model: a for a in analyses}
     pngs = [p for p in bundle if p.endswith(".png")]
     assert len(pngs) == sum(2 + len(a.spatial_maps) for a in analyses)
+    entries = {r["model"]: r for r in summary["results"]}
     for path in pngs:
         a = by_model[path.split("/")[1]]
+        h, w = a.input_image.shape[:2]
         with Image.open(io.BytesIO(bundle[path])) as img:
             assert img.format == "PNG"
             assert img.mode == "RGB"
-            assert img.size == (a.input_image.shape[1], a.input_image.shape[0])
             pixels = np.asarray(img)
         if path.endswith("/input.png"):
-            np.testing.assert_array_equal(pixels, a.input_image)
-        if path.endswith("/gradcam.png"):
-            expected = render.overlay(a.input_image, a.gradcam.values, cmap="jet", alpha=0.5)
-            np.testing.assert_array_equal(pixels, np.asarray(expected))
+            np.testing.assert_array_equal(pixels, a.input_image)  # the crop itself, not enlarged
+            continue
+        # 224 and 256 px inputs are wide enough: the overlay keeps the input's size, with the colour
+        # bar strip (values, unit, scale) under it
+        assert pixels.shape[1] == w and pixels.shape[0] > h + 20
+        entry = next(e for e in entries[a.model]["records"] if e.get("file") == path)
+        rec = next(r for r in a.records if r.layer == entry["layer"] and type(r).__name__ == entry["type"])
+        scale = entry["scale"]
+        assert scale["mode"] == "absolute"
+        if isinstance(rec, GradCAM):  # Grad-CAM relevance: its natural range
+            assert (scale["min"], scale["max"], scale["natural_range"]) == (0.0, 1.0, True)
+        else:  # a softmax over positions: 0 to the map's largest value
+            assert scale["quantity"] == "attention probability" and not scale["natural_range"]
+            assert scale["min"] == 0.0 and scale["max"] == pytest.approx(float(rec.values.max()))
+        assert entry["map_range"] == [
+            pytest.approx(float(rec.values.min())),
+            pytest.approx(float(rec.values.max())),
+        ]
+        expected = render.overlay(
+            a.input_image, rec.values, cmap="jet", alpha=0.5, value_range=(scale["min"], scale["max"])
+        )
+        np.testing.assert_array_equal(pixels[:h], np.asarray(expected))
+        bar = pixels[h:]
+        # the strip's gradient runs from the colormap's first colour to its last
+        row = bar[8]
+        colours = {tuple(c) for c in row.tolist()}
+        assert len(colours) > 50
+        first, last = (tuple(round(255 * v) for v in matplotlib.colormaps["jet"](x)[:3]) for x in (0.0, 1.0))
+        assert first in colours and last in colours
+
+
+def test_small_inputs_are_enlarged_for_their_colour_bar() -> None:
+    a = _fake_analysis()  # an 8x12 crop
+    files = export_files([("x.png", a)], scale="stretched")
+    entry = _strict_json(files["summary.json"])["results"][0]
+    factor = entry["overlay_scale"]["enlarged"]
+    assert factor == 19 and entry["overlay_scale"]["mode"] == "stretched"  # ceil(224 / 12)
+    with Image.open(io.BytesIO(files["x/skresnet18/gradcam.png"])) as img:
+        pixels = np.asarray(img)
+    big = np.asarray(render.enlarge(a.input_image, 224))
+    assert big.shape == (8 * factor, 12 * factor, 3)
+    cam = a.gradcam.values
+    expected = render.overlay(big, cam, alpha=0.5, value_range=(float(cam.min()), float(cam.max())))
+    np.testing.assert_array_equal(pixels[: big.shape[0]], np.asarray(expected))
+    gc = next(e for e in entry["records"] if e["kind"] == "gc_context")
+    assert gc["scale"]["mode"] == "stretched" and gc["scale"]["min"] == pytest.approx(gc["map_range"][0])
 
 
 @pytest.mark.slow
@@ -375,8 +421,12 @@ def test_fake_bundle_is_complete() -> None:
         "x/skresnet18/block00_channels.html",
     }
     with Image.open(io.BytesIO(files["x/skresnet18/block00_gc_context.png"])) as img:
-        expected = render.overlay(a.input_image, a.spatial_maps[0].values, cmap="viridis", alpha=0.3)
-        np.testing.assert_array_equal(np.asarray(img), np.asarray(expected))
+        big = render.enlarge(a.input_image, 224)
+        values = a.spatial_maps[0].values  # a softmax: absolute is 0 to its largest value
+        expected = render.overlay(
+            big, values, cmap="viridis", alpha=0.3, value_range=(0.0, float(values.max()))
+        )
+        np.testing.assert_array_equal(np.asarray(img)[: big.height], np.asarray(expected))
     stats = _strict_json(files["summary.json"])["results"][0]["records"][0]["stats"]
     assert stats["entropy"] == pytest.approx(_expected_entropy(a.channel_weights[0].values))
     assert not math.isnan(stats["mean"])

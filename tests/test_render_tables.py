@@ -16,7 +16,7 @@ import matplotlib
 import numpy as np
 import pytest
 from matplotlib.colors import Colormap, LinearSegmentedColormap, ListedColormap
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from attnviz.render import head_grid_image, heat_to_rgb, overlay, to_png_bytes
 
@@ -30,10 +30,14 @@ def _colormap(cmap: str | Colormap) -> Colormap:
     return matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
 
 
-def _scaled(heat: np.ndarray, normalize: bool) -> np.ndarray:
-    """Non-finite -> 0, then min-max scaled (constant -> zeros) or clipped to [0, 1]."""
+def _scaled(heat: np.ndarray, normalize: bool, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Non-finite -> 0, then (v - lo) / (hi - lo) clipped for a value range, else min-max scaled
+    (constant -> zeros) or clipped to [0, 1]."""
     arr = np.asarray(heat).astype(np.float64)
     arr = np.where(np.isfinite(arr), arr, 0.0)
+    if value_range is not None:
+        lo, hi = value_range
+        return np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
     if not normalize:
         return np.clip(arr, 0.0, 1.0)
     lo, hi = float(arr.min()), float(arr.max())
@@ -49,9 +53,14 @@ def _reference_colours(values: np.ndarray, cmap: str | Colormap) -> np.ndarray:
 
 
 def _reference_overlay(
-    image: np.ndarray, heat: np.ndarray, cmap: str | Colormap, alpha: float, normalize: bool = True
+    image: np.ndarray,
+    heat: np.ndarray,
+    cmap: str | Colormap,
+    alpha: float,
+    normalize: bool = True,
+    value_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    arr = _scaled(heat, normalize)
+    arr = _scaled(heat, normalize, value_range)
     height, width = image.shape[:2]
     if arr.shape != (height, width):
         small = Image.fromarray(arr.astype(np.float32))
@@ -69,22 +78,30 @@ def _reference_head_grid(
     tile: int,
     gap: int,
     labels: bool,
+    value_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     thumb = np.asarray(Image.fromarray(image).resize((tile, tile), Image.Resampling.BILINEAR))
     cols = max(m.shape[0] for m in maps)
     step = tile + gap
-    left, top = (30, 14) if labels else (0, 0)
+    fnt = ImageFont.load_default(size=13)
+    # margins: the widest row label ("L<last>") plus 8 px on the left, the font size plus 6 on top
+    width = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(f"L{len(maps) - 1}", font=fnt)
+    left, top = (int(np.ceil(width)) + 8, 19) if labels else (0, 0)
     out = Image.new("RGB", (left + cols * step - gap, top + len(maps) * step - gap), (255, 255, 255))
     for row, m in enumerate(maps):
         for col, heat in enumerate(m):
-            tile_img = Image.fromarray(_reference_overlay(thumb, heat, cmap, alpha))
+            tile_img = Image.fromarray(_reference_overlay(thumb, heat, cmap, alpha, value_range=value_range))
             out.paste(tile_img, (left + col * step, top + row * step))
     if labels:
         draw = ImageDraw.Draw(out)
         for row in range(len(maps)):
-            draw.text((2, top + row * step + tile // 2 - 5), f"L{row}", fill=(60, 60, 60))
+            draw.text(
+                (left - 4, top + row * step + tile / 2), f"L{row}", fill=(40, 40, 40), font=fnt, anchor="rm"
+            )
         for col in range(cols):
-            draw.text((left + col * step + tile // 2 - 6, 1), f"h{col}", fill=(60, 60, 60))
+            draw.text(
+                (left + col * step + tile / 2, top - 3), f"h{col}", fill=(40, 40, 40), font=fnt, anchor="md"
+            )
     return np.asarray(out)
 
 
@@ -290,6 +307,29 @@ def test_head_grid_equals_tile_by_tile_reference(
     out = head_grid_image(image, maps, cmap=cmap, alpha=alpha, tile=tile, gap=gap, labels=labels)
     expected = _reference_head_grid(image, maps, cmap, alpha, tile, gap, labels)
     assert out.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(out), expected)
+
+
+@pytest.mark.parametrize("value_range", [(0.0, 1.0), (0.2, 0.6), (-1.0, 3.0)])
+def test_head_grid_on_a_shared_value_range_equals_reference(
+    value_range: tuple[float, float], rng: np.random.Generator
+) -> None:
+    image = rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+    maps = [rng.random((3, 6, 6)), rng.random((2, 4, 4)) * 0.5]
+    out = head_grid_image(image, maps, tile=20, gap=1, labels=True, value_range=value_range)
+    expected = _reference_head_grid(image, maps, "jet", 0.5, 20, 1, True, value_range)
+    np.testing.assert_array_equal(np.asarray(out), expected)
+
+
+@pytest.mark.parametrize("value_range", [(0.0, 1.0), (0.25, 0.5), (0.997, 1.0)])
+@pytest.mark.parametrize("cmap", ["jet", "viridis"])
+def test_overlay_on_a_value_range_equals_reference(
+    value_range: tuple[float, float], cmap: str, rng: np.random.Generator
+) -> None:
+    image = rng.integers(0, 256, size=(30, 44, 3), dtype=np.uint8)
+    heat = rng.uniform(-0.2, 1.2, (5, 7))
+    out = overlay(image, heat, cmap=cmap, alpha=0.6, value_range=value_range)
+    expected = _reference_overlay(image, heat, cmap, 0.6, value_range=value_range)
     np.testing.assert_array_equal(np.asarray(out), expected)
 
 

@@ -23,6 +23,7 @@ from attnviz.maps import record_map
 from attnviz.records import Analysis, TokenAttention, WindowAttention
 from attnviz.render import (
     head_grid_image,
+    head_grid_margins,
     head_stats_figure,
     mark_point,
     overlay,
@@ -433,16 +434,22 @@ def test_export_distilled_files(analyses: dict[str, Analysis], bundle: dict[str,
         assert 'src="../../plotly.min.js"' in html
     with _png(bundle[files["head_grid"]]) as img:
         step = DEFAULT_TILE + DEFAULT_GAP
-        assert img.size == (3 * step - DEFAULT_GAP, 12 * step - DEFAULT_GAP)
+        # the grid, then its colour bar strip underneath
+        assert img.width == 3 * step - DEFAULT_GAP and img.height > 12 * step - DEFAULT_GAP + 20
     picture = analyses[DISTILLED].input_image
+    roll = vit.rollout(analyses[DISTILLED]).values
+    scale = results[DISTILLED]["transformer"]["rollout"]["scale"]
+    assert (scale["min"], scale["max"]) == (0.0, pytest.approx(float(roll.max())))
     with _png(bundle[files["rollout"]]) as img:
-        assert img.size == (picture.shape[1], picture.shape[0]) == (224, 224)
-        expected = overlay(picture, vit.rollout(analyses[DISTILLED]).values)
-        np.testing.assert_array_equal(np.asarray(img), np.asarray(expected))
+        assert img.width == picture.shape[1] == 224 and img.height > 224 + 20
+        expected = overlay(picture, roll, value_range=(0.0, scale["max"]))
+        np.testing.assert_array_equal(np.asarray(img)[:224], np.asarray(expected))
 
 
 @pytest.mark.slow
-def test_export_head_grid_tile_is_the_class_and_dist_rows(analyses: dict[str, Analysis], bundle) -> None:
+def test_export_head_grid_tile_is_the_class_and_dist_rows(
+    analyses: dict[str, Analysis], bundle, results
+) -> None:
     analysis = analyses[DISTILLED]
     layer, head = 5, 1
     rec = analysis.token_attention[layer]
@@ -452,7 +459,11 @@ def test_export_head_grid_tile_is_the_class_and_dist_rows(analyses: dict[str, An
     thumb = Image.fromarray(analysis.input_image).resize(
         (DEFAULT_TILE, DEFAULT_TILE), Image.Resampling.BILINEAR
     )
-    expected = np.asarray(overlay(thumb, summary)).astype(int)
+    # every tile on one absolute scale: 0 to the largest attention of the whole grid
+    top = max(float(((r.values[:, 0, 2:] + r.values[:, 1, 2:]) / 2).max()) for r in analysis.token_attention)
+    scale = results[DISTILLED]["transformer"]["head_grid"]["scale"]
+    assert scale["min"] == 0.0 and scale["max"] == pytest.approx(top, rel=1e-5)
+    expected = np.asarray(overlay(thumb, summary, value_range=(0.0, scale["max"]))).astype(int)
     grid = np.asarray(_png(bundle[f"{_folder(DISTILLED)}/head_grid.png"]).convert("RGB"))
     got = _tile(grid, layer, head, DEFAULT_TILE, DEFAULT_GAP).astype(int)
     assert np.abs(got - expected).max() <= 1  # float rounding of the map at most
@@ -503,14 +514,19 @@ def test_export_token_records_have_overlays(analyses: dict[str, Analysis], bundl
         assert entry["file"].startswith(_folder(DISTILLED) + "/") and entry["file"].endswith(".png")
         assert "mean with the distillation token" in entry["map"]
         with _png(bundle[entry["file"]]) as img:
-            assert img.size == (224, 224)
+            assert img.width == 224 and img.height > 224 + 20  # the overlay, then its colour bar
+        assert entry["scale"]["quantity"] == "attention probability" and entry["scale"]["min"] == 0.0
     # the first overlay is record_map's map (the class/dist mean, head mean) over the input
     rec = analyses[DISTILLED].token_attention[0]
     amap = record_map(rec, picture.shape[:2])
     v = rec.values.astype(np.float64)
     assert_allclose(amap.values, ((v[:, 0, 2:] + v[:, 1, 2:]) / 2).mean(axis=0).reshape(14, 14), rtol=1e-5)
-    got = np.asarray(_png(bundle[entries[0]["file"]]).convert("RGB"))
-    np.testing.assert_array_equal(got, np.asarray(overlay(picture, amap.values)))
+    got = np.asarray(_png(bundle[entries[0]["file"]]).convert("RGB"))[:224]
+    top = float(amap.values.max())
+    assert entries[0]["scale"]["max"] == pytest.approx(top) and entries[0]["map_range"][1] == pytest.approx(
+        top
+    )
+    np.testing.assert_array_equal(got, np.asarray(overlay(picture, amap.values, value_range=(0.0, top))))
     assert len({e["file"] for e in entries}) == 12
 
 
@@ -532,7 +548,8 @@ def test_export_swin_has_grid_but_no_rollout_or_prefix(bundle: dict[str, bytes],
     assert result["files"]["head_stats"] == f"{folder}/head_stats.html" in bundle
     grid = np.asarray(_png(bundle[f"{folder}/head_grid.png"]).convert("RGB"))
     step = DEFAULT_TILE + DEFAULT_GAP
-    assert grid.shape == (12 * step - DEFAULT_GAP, 24 * step - DEFAULT_GAP, 3)
+    assert grid.shape[1:] == (24 * step - DEFAULT_GAP, 3) and grid.shape[0] > 12 * step  # and the colour bar
+    grid = grid[: 12 * step - DEFAULT_GAP]
     for layer, n in enumerate(heads):  # tiles past a layer's heads are white, the others are not
         assert not (_tile(grid, layer, n - 1, DEFAULT_TILE, DEFAULT_GAP) == 255).all()
         if n < 24:
@@ -568,7 +585,7 @@ def test_export_dino_without_classifier(bundle: dict[str, bytes], results) -> No
     for key in ("head_grid", "head_stats", "rollout", "prefix_attention"):
         assert result["files"][key] in bundle
     with _png(bundle[f"{folder}/head_grid.png"]) as img:
-        assert img.size == (6 * 74 - 2, 12 * 74 - 2)
+        assert img.width == 6 * 74 - 2 and img.height > 12 * 74 - 2 + 20  # the grid and its colour bar
 
 
 # --------------------------------------------------------------------------------------------------
@@ -620,6 +637,8 @@ def test_head_grid_labels_add_margins_and_keep_the_tiles() -> None:
     maps = [np.random.default_rng(0).random((2, 4, 4)) for _ in range(3)]
     plain = np.asarray(head_grid_image(img, maps, tile=20, gap=2))
     labelled = np.asarray(head_grid_image(img, maps, tile=20, gap=2, labels=True))
-    assert labelled.shape == (plain.shape[0] + 14, plain.shape[1] + 30, 3)
-    np.testing.assert_array_equal(labelled[14:, 30:], plain)  # the tiles are where they were
-    assert (labelled[:14] < 255).any() and (labelled[14:, :30] < 255).any()  # text in both margins
+    left, top = head_grid_margins(len(maps))
+    assert top >= 13 + 4 and left >= 13  # room for 13 px labels
+    assert labelled.shape == (plain.shape[0] + top, plain.shape[1] + left, 3)
+    np.testing.assert_array_equal(labelled[top:, left:], plain)  # the tiles are where they were
+    assert (labelled[:top] < 255).any() and (labelled[top:, :left] < 255).any()  # text in both margins
