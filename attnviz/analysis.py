@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -494,42 +495,69 @@ def _gradcam_record(model: LoadedModel, cam: np.ndarray, target: Prediction) -> 
     )
 
 
+def _target(model: LoadedModel, analysis: Analysis, target: int | None) -> Prediction:
+    """The class Grad-CAM explains: ``target`` (checked), or the analysis's top-1 prediction."""
+    if target is None:
+        return analysis.top5[0]
+    if isinstance(target, bool) or not isinstance(target, int | np.integer):
+        raise TypeError(f"a Grad-CAM target must be a class index (int) or None, got {type(target).__name__}")
+    n = len(model.categories)
+    if not 0 <= int(target) < n:
+        raise ValueError(f"Grad-CAM target {target} is not a class of {model.name}: use 0 to {n - 1}")
+    known = {p.index: p for p in analysis.top5}
+    return known.get(int(target)) or Prediction(int(target), model.categories[int(target)], math.nan)
+
+
 def add_gradcam(
     model: LoadedModel,
     analyses: Sequence[Analysis],
     images: Sequence[Image.Image | np.ndarray],
+    targets: Sequence[int | None] | None = None,
 ) -> list[Analysis]:
     """The Grad-CAM baseline for results made with ``analyze(..., gradcam=False)``, added later.
 
     Native maps need one forward; Grad-CAM needs a forward and a backward more. The app shows the
     native maps first and adds Grad-CAM with this function; the result is the same as
     ``analyze(model, images)`` would have given (same target: each analysis's top-1 class).
+    With ``targets`` it explains other classes instead (a teacher's "why not the cat?").
 
     Args:
         model: the model that made ``analyses`` (its lock is held while Grad-CAM runs).
-        analyses: results of ``analyze(model, images, gradcam=False)``.
+        analyses: results of ``analyze(model, images, gradcam=False)`` (or with Grad-CAM).
         images: the same images, in the same order.
+        targets: per analysis, the class index to explain, or None for its top-1 class. An
+            analysis whose Grad-CAM already explains its target is returned unchanged; one whose
+            Grad-CAM explains another class gets the new map in its place.
 
     Returns:
-        The analyses with the Grad-CAM record appended; an analysis that has one already, or whose
-        model has no classifier (DINO, detectors), is returned unchanged.
+        The analyses with the Grad-CAM record for their target last; an analysis whose model has
+        no classifier (DINO, detectors) is returned unchanged.
 
     Raises:
-        ValueError: ``analyses`` and ``images`` differ in length, or an analysis is another model's.
+        ValueError: ``analyses``, ``images`` and ``targets`` differ in length, an analysis is
+            another model's, or a target is not one of the model's classes.
+        TypeError: a target that is not an int or None.
         GPUMemoryError: the GPU ran out of memory even for one image (batches are halved first).
     """
     if isinstance(images, Image.Image | np.ndarray):
         images = [images]
     if len(analyses) != len(images):
         raise ValueError(f"add_gradcam needs one image per analysis, got {len(images)} for {len(analyses)}")
+    if targets is None:
+        targets = [None] * len(analyses)
+    if len(targets) != len(analyses):
+        raise ValueError(f"add_gradcam needs one target per analysis, got {len(targets)} for {len(analyses)}")
     for a in analyses:
         if a.model != model.name:
             raise ValueError(f"an analysis of {a.model} cannot get Grad-CAM from {model.name}")
-    todo = [
-        (i, _as_pil(img), a.top5[0])
-        for i, (a, img) in enumerate(zip(analyses, images, strict=True))
-        if a.gradcam is None and a.top5 and model.categories and model.detector is None
-    ]
+    classifier = bool(model.categories) and model.detector is None
+    todo = []
+    for i, (a, img, t) in enumerate(zip(analyses, images, targets, strict=True)):
+        if not (classifier and a.top5):
+            continue
+        target = _target(model, a, t)
+        if a.gradcam is None or a.gradcam.target != target.index:
+            todo.append((i, _as_pil(img), target))
     out = list(analyses)
     if not todo:
         return out
@@ -548,7 +576,6 @@ def add_gradcam(
     for (i, _, target), cam in zip(todo, cams, strict=True):
         a = out[i]
         notes = a.notes + ((note,) if note and note not in a.notes else ())
-        out[i] = dataclasses.replace(
-            a, records=(*a.records, _gradcam_record(model, cam, target)), notes=notes
-        )
+        kept = tuple(r for r in a.records if not isinstance(r, GradCAM))
+        out[i] = dataclasses.replace(a, records=(*kept, _gradcam_record(model, cam, target)), notes=notes)
     return out

@@ -230,6 +230,8 @@ def _unavailable(folder: Path, filename: str) -> WeightsUnavailableError:
         "copy the folder here and pass it, or use random weights (pretrained_dir=None).",
         weights_file=filename,
         expected_path=str(folder / filename),
+        summary=f"The Deformable DETR weights are incomplete: {filename} is missing from the folder given.",
+        details=(f"folder: {folder}", f"download: hf download {HUB_REPO} --local-dir <folder>"),
     )
 
 

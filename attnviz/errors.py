@@ -45,12 +45,27 @@ class CheckpointError(AttnvizError, ValueError):
 class WeightsUnavailableError(AttnvizError, LookupError):
     """Pretrained weights that are neither cached locally nor downloadable right now.
 
+    ``str(err)`` is the whole story (what is missing, why, where it goes, every way out), as the
+    command line prints it; ``summary`` is one plain sentence for a page, ``details`` the rest.
+
     Attributes:
         weights_file: the checkpoint file that is missing.
         expected_path: where attnviz (through the library's own cache) looks for it.
+        summary: one sentence for people: what is missing and how to get it.
+        details: further lines (the file, where it goes, why the download failed).
     """
 
-    def __init__(self, message: str, *, weights_file: str, expected_path: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        weights_file: str,
+        expected_path: str,
+        summary: str | None = None,
+        details: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.weights_file = weights_file
         self.expected_path = expected_path
+        self.summary = summary or message
+        self.details = tuple(details)

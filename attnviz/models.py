@@ -32,9 +32,11 @@ from .errors import CheckpointError, DeviceError, UnknownModelError, WeightsUnav
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
+    "MODEL_GROUPS",
     "LoadedModel",
     "ModelSpec",
     "ProgressFn",
+    "default_weights",
     "get_spec",
     "list_models",
     "load_checkpoint",
@@ -48,6 +50,14 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, float | None], None]
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+MODEL_GROUPS: dict[str, str] = {
+    "zoo": "Built-in zoo: small CNNs trained by attnviz on generated shapes",
+    "cnn": "ImageNet classifiers: CNNs with attention modules",
+    "transformer": "ImageNet transformers and self-attention networks",
+    "detector": "Detectors (COCO)",
+}
+"""Model groups in the order pickers list them: key -> heading (:attr:`ModelSpec.group`)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,9 @@ class ModelSpec:
         gradcam_layout: the layout of that layer's output: ``"nchw"`` (CNNs), ``"tokens"``
             (``[B, prefix + H*W, C]``, ViTs) or ``"nhwc"`` (Swin).
         build_kwargs: extra arguments the library's constructor gets (e.g. DINOv2 at 224 px).
+        group: a key of :data:`MODEL_GROUPS`.
+        trained_on: what its pretrained weights were trained on (``"generated shapes"``,
+            ``"ImageNet-1k"``, ``"COCO"``...), so that a page can say when an image is out of domain.
     """
 
     name: str
@@ -83,6 +96,8 @@ class ModelSpec:
     gradcam_layer: str
     gradcam_layout: str = "nchw"
     build_kwargs: tuple[tuple[str, object], ...] = ()
+    group: str = "cnn"
+    trained_on: str = "ImageNet-1k"
 
     @property
     def classifier(self) -> bool:
@@ -263,6 +278,27 @@ def _weights_location(entry: _Entry) -> tuple[str, Path, bool]:
     return filename, _hf_cache_dir() / repo_dir / "snapshots" / "<revision>" / filename, False
 
 
+_TRANSFORMER_KINDS = {"vit", "swin", "bot", "halo", "dat", "dat_window"}
+
+
+def _group(entry: _Entry) -> str:
+    if entry.source == "attnviz":
+        return "zoo"
+    if entry.source == "transformers":
+        return "detector"
+    return "transformer" if _TRANSFORMER_KINDS & set(entry.attention) else "cnn"
+
+
+def _trained_on(entry: _Entry) -> str:
+    if entry.source == "attnviz":
+        return "generated shapes"
+    if entry.source == "transformers":
+        return "COCO"
+    if not entry.gradcam_layer:
+        return "ImageNet-1k images, self-supervised (no labels)"
+    return "ImageNet-1k"
+
+
 def _spec(entry: _Entry) -> ModelSpec:
     filename, path, present = _weights_location(entry)
     return ModelSpec(
@@ -277,7 +313,22 @@ def _spec(entry: _Entry) -> ModelSpec:
         gradcam_layer=entry.gradcam_layer,
         gradcam_layout=entry.gradcam_layout,
         build_kwargs=entry.build_kwargs,
+        group=_group(entry),
+        trained_on=_trained_on(entry),
     )
+
+
+def default_weights(spec: ModelSpec) -> str:
+    """The weights a page runs a model with unless the user asks otherwise.
+
+    The built-in zoo always has its trained weights (they ship with attnviz); other models use
+    their pretrained weights when these are on this machine already, else random weights (the
+    results then say that they are untrained). Nothing is downloaded to decide.
+
+    Returns:
+        ``"pretrained"`` or ``"random"``.
+    """
+    return "pretrained" if spec.source == "attnviz" or spec.pretrained_available else "random"
 
 
 def list_models() -> list[ModelSpec]:
@@ -431,11 +482,30 @@ def _unavailable(entry: _Entry, filename: str, path: Path, cause: BaseException)
             f"Pretrained weights for {entry.name} ({filename}) are not cached and could not be downloaded "
             f"({type(cause).__name__})"
         )
+    if entry.source == "attnviz":
+        summary = (
+            f"The trained weights of {entry.name} are missing from this copy of attnviz: restore "
+            f"assets/zoo/{filename} from the repository, or retrain them with "
+            f"`python -m attnviz zoo train --kind {entry.name.removeprefix('zoo_')}`."
+        )
+    elif entry.source == "official":
+        summary = (
+            f"The official {entry.name} checkpoint is not on this machine: download {filename} from the "
+            "authors' release page and copy it into the torch hub cache (the Models page shows where)."
+        )
+    else:
+        summary = (
+            f"The pretrained weights of {entry.name} are not on this machine and could not be downloaded: "
+            "copy them in from a connected machine (the Models page shows where they go)."
+        )
+    cause_text = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
     return WeightsUnavailableError(
         f"{missing}: {where}, or pass weights=<path to a .safetensors/.pth state dict>, "
         "or use weights='random'.",
         weights_file=filename,
         expected_path=str(path),
+        summary=summary,
+        details=(f"file: {filename}", f"goes to: {path}", f"how: {where}", f"why: {cause_text}"),
     )
 
 
@@ -630,6 +700,15 @@ def _load_detector(
                     "weights='random'.",
                     weights_file=filename,
                     expected_path=str(path),
+                    summary=f"The pretrained weights of {entry.name} are not on this machine and could "
+                    "not be downloaded: copy them in from a connected machine (the Models page shows "
+                    "where they go).",
+                    details=(
+                        f"Hugging Face repo: {HUB_REPO}",
+                        f"goes to: {_hf_cache_dir()}",
+                        f"how: `hf download {HUB_REPO}` on a connected machine, then copy the cache folder",
+                        f"why: {type(err).__name__}: {err}",
+                    ),
                 ) from err
         label = "pretrained"
     elif isinstance(weights, str | os.PathLike):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,8 +41,10 @@ __all__ = [
     "STD",
     "ZOO_DIR",
     "ZOO_KINDS",
+    "BestBlock",
     "TrainConfig",
     "ZooNet",
+    "best_block",
     "build_zoo_model",
     "card_path",
     "held_out_set",
@@ -94,6 +97,60 @@ def read_card(kind: str) -> dict | None:
     """The model card of ``kind``, or None when it has not been trained."""
     path = card_path(kind)
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class BestBlock:
+    """The attention block whose map finds the object best on the held-out scenes (from the card).
+
+    Attributes:
+        block: the block index (as in ``Analysis.blocks`` and the map labels).
+        name: the card's map label (``"block 0 · attn2 (gc_context)"``).
+        pointing: its pointing-game score in [0, 1].
+        energy_ratio: its energy in the box over the box's area share (1 = a uniform map).
+    """
+
+    block: int
+    name: str
+    pointing: float
+    energy_ratio: float
+
+    @property
+    def text(self) -> str:
+        """``"block 0 finds the object best: pointing game 100%, energy 12.3x uniform"``."""
+        return (
+            f"block {self.block} finds the object best on the held-out scenes: pointing game "
+            f"{self.pointing:.0%}, energy in the box {self.energy_ratio:.1f}x uniform"
+        )
+
+
+_BLOCK_LABEL = re.compile(r"^block (\d+) ")
+
+
+def best_block(kind_or_card: str | dict | None) -> BestBlock | None:
+    """The block of a zoo model whose attention map localises best, according to its card.
+
+    Best is the highest pointing game among the card's attention maps (Grad-CAM rows are not
+    blocks), ties broken by the energy ratio.
+
+    Args:
+        kind_or_card: a zoo kind (its card is read) or a card as :func:`read_card` returns it.
+
+    Returns:
+        The :class:`BestBlock`, or None when the model has no scored spatial map (channel-only
+        attention, no card, or a card without localisation).
+    """
+    card = read_card(kind_or_card) if isinstance(kind_or_card, str) else kind_or_card
+    best: BestBlock | None = None
+    for row in (card or {}).get("localization") or []:
+        match = _BLOCK_LABEL.match(str(row.get("name", "")))
+        pointing, ratio = row.get("pointing"), row.get("energy_ratio")
+        if match is None or pointing is None or ratio is None:
+            continue
+        candidate = BestBlock(int(match.group(1)), str(row["name"]), float(pointing), float(ratio))
+        if best is None or (candidate.pointing, candidate.energy_ratio) > (best.pointing, best.energy_ratio):
+            best = candidate
+    return best
 
 
 def _conv_bn_act(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

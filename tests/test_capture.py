@@ -304,10 +304,8 @@ def test_capture_restores_attributes_and_is_not_reentrant():
     assert _hooks(layer) == 0
 
 
-def test_gradcam_matches_a_manual_recomputation(images):
-    """Grad-CAM = ReLU(sum_k mean(dy/dA_k) * A_k), upsampled and min-max scaled per image."""
-    model = _model("resnet50")
-    results = attnviz.analyze(model, images)
+def _manual_gradcam(model: attnviz.LoadedModel, images, targets: list[int]) -> torch.Tensor:
+    """ReLU(sum_k mean(dy_t/dA_k) * A_k) at layer4 for class ``targets[i]`` of image i: [B, 1, h, w]."""
     batch = model.preprocess(images)
     feats = {}
     handle = model.module.layer4.register_forward_hook(lambda m, a, o: feats.__setitem__("a", o))
@@ -315,16 +313,55 @@ def test_gradcam_matches_a_manual_recomputation(images):
         with torch.enable_grad():
             logits = model.module(batch.requires_grad_(True))
             acts = feats["a"]
-            targets = [r.top5[0].index for r in results]
             grads = torch.autograd.grad(logits[torch.arange(len(targets)), targets].sum(), acts)[0]
     finally:
         handle.remove()
-    cam = torch.relu((grads.mean((2, 3), keepdim=True) * acts).sum(1, keepdim=True))
+    return torch.relu((grads.mean((2, 3), keepdim=True) * acts).sum(1, keepdim=True)).detach()
+
+
+def _assert_cam(got_values, cam: torch.Tensor, size: tuple[int, int]) -> None:
+    up = F.interpolate(cam[None], size=size, mode="bilinear")[0, 0]
+    up = (up - up.min()) / (up.max() - up.min() + 1e-7)
+    got = _t(got_values)
+    # pytorch-grad-cam resizes with OpenCV (its own bilinear): compare the maps' agreement
+    assert torch.corrcoef(torch.stack([got.flatten(), up.flatten()]))[0, 1] > 0.99
+    close(got.max(), torch.tensor(1.0), atol=1e-3, rtol=0)
+
+
+def test_gradcam_matches_a_manual_recomputation(images):
+    """Grad-CAM = ReLU(sum_k mean(dy/dA_k) * A_k), upsampled and min-max scaled per image."""
+    model = _model("resnet50")
+    results = attnviz.analyze(model, images)
+    targets = [r.top5[0].index for r in results]
+    cam = _manual_gradcam(model, images, targets)
     for i, result in enumerate(results):
         assert result.gradcam.target == targets[i]
-        up = F.interpolate(cam[i : i + 1], size=result.input_image.shape[:2], mode="bilinear")[0, 0]
-        up = (up - up.min()) / (up.max() - up.min() + 1e-7)
-        got = _t(result.gradcam.values)
-        # pytorch-grad-cam resizes with OpenCV (its own bilinear): compare the maps' agreement
-        assert torch.corrcoef(torch.stack([got.flatten(), up.detach().flatten()]))[0, 1] > 0.99
-        close(got.max(), torch.tensor(1.0), atol=1e-3, rtol=0)
+        _assert_cam(result.gradcam.values, cam[i], result.input_image.shape[:2])
+
+
+def test_gradcam_of_a_chosen_class_matches_a_manual_recomputation(images):
+    """add_gradcam(targets=...) explains the chosen classes, replacing a map of another class."""
+    model = _model("resnet50")
+    results = attnviz.analyze(model, images)
+    targets = [7, 999][: len(results)]
+    assert all(r.gradcam.target != t for r, t in zip(results, targets, strict=False))
+    chosen = attnviz.add_gradcam(model, results, images, targets=targets)
+    cam = _manual_gradcam(model, images, targets)
+    for i, result in enumerate(chosen):
+        assert (result.gradcam.target, result.gradcam.target_label) == (
+            targets[i],
+            model.categories[targets[i]],
+        )
+        assert sum(isinstance(r, attnviz.GradCAM) for r in result.records) == 1  # replaced, not added
+        _assert_cam(result.gradcam.values, cam[i], result.input_image.shape[:2])
+    # asking again for the same classes computes nothing; None goes back to the top-1 class
+    again = attnviz.add_gradcam(model, chosen, images, targets=targets)
+    assert all(a is b for a, b in zip(again, chosen, strict=True))
+    back = attnviz.add_gradcam(model, chosen, images)
+    assert [r.gradcam.target for r in back] == [r.top5[0].index for r in results]
+    with pytest.raises(ValueError, match="Grad-CAM target 1000 is not a class of resnet50: use 0 to 999"):
+        attnviz.add_gradcam(model, results, images, targets=[1000] * len(results))
+    with pytest.raises(TypeError, match="must be a class index"):
+        attnviz.add_gradcam(model, results, images, targets=["cat"] * len(results))
+    with pytest.raises(ValueError, match="one target per analysis"):
+        attnviz.add_gradcam(model, results, images, targets=[1, 2, 3][: len(results) + 1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import socket
 
@@ -123,6 +124,47 @@ def test_pretrained_offline_names_the_missing_file(offline, name):
     assert info.value.weights_file == spec.weights_file
     where = "hub/checkpoints" if spec.source == "torchvision" else "hf download timm/"
     assert where in message
+    # for a page: one plain sentence, no exception names or cache paths; the rest in the details
+    summary = info.value.summary
+    assert summary == (
+        f"The pretrained weights of {name} are not on this machine and could not be downloaded: copy them "
+        "in from a connected machine (the Models page shows where they go)."
+    )
+    assert "Error" not in summary and str(offline) not in summary and "weights=" not in summary
+    details = "\n".join(info.value.details)
+    assert spec.weights_file in details and str(offline) in details and "OSError" in details
+
+
+GROUPS = {
+    "zoo": {f"zoo_{k}" for k in attnviz.zoo.ZOO_KINDS},
+    "cnn": {"mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf", "seresnet50", "ecaresnet26t",
+            "skresnet18", "resnest14d", "gcresnext26ts", "resnet50"},
+    "transformer": {"deit_tiny_patch16_224", "deit_small_patch16_224", "deit_tiny_distilled_patch16_224",
+                    "vit_small_patch16_224.dino", "vit_small_patch14_reg4_dinov2",
+                    "swin_tiny_patch4_window7_224", "botnet26t_256", "halonet26t", "vit_b_16", "swin_t",
+                    "dat_tiny"},
+    "detector": {"deformable_detr"},
+}  # fmt: skip
+
+
+def test_models_are_grouped_and_say_what_they_were_trained_on(offline):
+    specs = attnviz.list_models()
+    assert list(models.MODEL_GROUPS) == ["zoo", "cnn", "transformer", "detector"]
+    assert {g: {s.name for s in specs if s.group == g} for g in models.MODEL_GROUPS} == GROUPS
+    trained_on = {s.name: s.trained_on for s in specs}
+    assert {n for n, t in trained_on.items() if t == "generated shapes"} == GROUPS["zoo"]
+    assert trained_on["deformable_detr"] == "COCO" and trained_on["seresnet50"] == "ImageNet-1k"
+    assert "self-supervised" in trained_on["vit_small_patch16_224.dino"]
+    assert all(s.description for s in specs)
+
+
+def test_default_weights_are_the_zoo_s_own_and_cached_pretrained_else_random(offline):
+    # offline, with empty caches: only the zoo has weights
+    defaults = {s.name: models.default_weights(s) for s in attnviz.list_models()}
+    assert {n for n, w in defaults.items() if w == "pretrained"} == GROUPS["zoo"]
+    assert set(defaults.values()) == {"pretrained", "random"}
+    cached = dataclasses.replace(attnviz.get_spec("resnet50"), pretrained_available=True)
+    assert models.default_weights(cached) == "pretrained"
 
 
 def test_pretrained_torchvision_from_the_torch_hub_cache(offline):

@@ -137,9 +137,53 @@ def test_zoo_analyze_through_the_cli(tmp_path, capsys):
 
 def test_missing_zoo_weights_name_the_file(monkeypatch, tmp_path):
     monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
-    with pytest.raises(attnviz.WeightsUnavailableError, match=r"zoo_se\.safetensors.*zoo train --kind se"):
+    with pytest.raises(
+        attnviz.WeightsUnavailableError, match=r"zoo_se\.safetensors.*zoo train --kind se"
+    ) as info:
         attnviz.load_model("zoo_se", weights="pretrained")
+    assert info.value.summary == (
+        "The trained weights of zoo_se are missing from this copy of attnviz: restore "
+        "assets/zoo/zoo_se.safetensors from the repository, or retrain them with "
+        "`python -m attnviz zoo train --kind se`."
+    )
     assert np.isfinite(attnviz.load_model("zoo_se", weights="random").module.fc.weight.sum().item())
+
+
+def test_best_block_is_the_best_pointing_map_of_the_card():
+    card = {
+        "localization": [
+            {"name": "block 0 · attn2 (mhsa)", "pointing": 0.7, "energy_ratio": 2.0},
+            {"name": "block 1 · attn2.1 (mhsa)", "pointing": 0.8, "energy_ratio": 1.5},
+            {"name": "block 2 · attn3 (mhsa)", "pointing": 0.8, "energy_ratio": 3.0},  # the tie-break
+            {"name": "Grad-CAM · stage3", "pointing": 0.99, "energy_ratio": 9.0},  # not a block
+        ]
+    }
+    best = zoo.best_block(card)
+    assert (best.block, best.name, best.pointing, best.energy_ratio) == (
+        2,
+        "block 2 · attn3 (mhsa)",
+        0.8,
+        3.0,
+    )
+    assert best.text == (
+        "block 2 finds the object best on the held-out scenes: pointing game 80%, "
+        "energy in the box 3.0x uniform"
+    )
+    assert zoo.best_block({"localization": card["localization"][3:]}) is None
+    assert zoo.best_block(None) is None and zoo.best_block({}) is None
+
+
+def test_best_blocks_of_the_committed_cards():
+    """The cards say GC and DAT find the object in their first block, non-local in its second."""
+    best = {kind: zoo.best_block(kind) for kind in zoo.ZOO_KINDS}
+    assert {k for k, b in best.items() if b is None} == {"none", "se", "eca", "sk"}  # no spatial map
+    for kind, b in best.items():
+        if b is None:
+            continue
+        rows = [r for r in zoo.read_card(kind)["localization"] if r["name"].startswith("block ")]
+        assert b.pointing == max(r["pointing"] for r in rows)
+    assert best["gc"].block == 0 and best["gc"].pointing == 1.0
+    assert best["dat"].block == 0 and best["nonlocal"].block == 1
 
 
 @pytest.mark.slow
