@@ -1,9 +1,11 @@
 """attnviz web app: the entry point (``streamlit run app.py``).
 
-It sets the page up, configures logging, draws the sidebar shared by every page (device, weights
-mode, overlay colormap and opacity, stored in ``st.session_state`` under ``sidebar_*`` keys) and
-runs the page chosen in the navigation. Pages only call :mod:`attnviz` functions: no hooks and no
-torch module internals here.
+It sets the page up, configures logging, draws the sidebar shared by every page (device, overlay
+colormap and opacity, stored in ``st.session_state`` under the ``ui`` package's ``sidebar_*`` keys)
+and runs the page chosen in the navigation. Which weights a model runs with is decided per model
+where models run (the Compare page: the zoo's own weights, cached pretrained weights, else random,
+with a per-model override), and results from random weights say so in their own column. Pages only
+call :mod:`attnviz` functions: no hooks and no torch module internals here.
 """
 
 from __future__ import annotations
@@ -14,19 +16,7 @@ import streamlit as st
 import torch
 
 import attnviz
-
-DEVICE_KEY = "sidebar_device"
-WEIGHTS_KEY = "sidebar_weights"
-CMAP_KEY = "sidebar_cmap"
-ALPHA_KEY = "sidebar_alpha"
-
-# Overlay colormaps offered in the sidebar (names in ``matplotlib.colormaps``).
-COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "plasma")
-
-UNTRAINED_BANNER = (
-    "Results come from untrained (random) weights: maps and predictions are not meaningful, they only "
-    "show what the app can display. Pretrained weights need the files listed on the Models page."
-)
+from ui import ALPHA_KEY, CMAP_KEY, COLORMAPS, DEVICE_KEY
 
 
 def _configure_logging() -> None:
@@ -34,14 +24,6 @@ def _configure_logging() -> None:
     # basicConfig is a no-op when the root logger already has handlers (every rerun after the first).
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("attnviz").setLevel(logging.INFO)
-
-
-def _default_weights() -> str:
-    """``"pretrained"`` when at least one model's weights are cached locally, else ``"random"``.
-
-    A fresh offline machine then opens on something that works.
-    """
-    return "pretrained" if any(spec.pretrained_available for spec in attnviz.list_models()) else "random"
 
 
 def _sidebar() -> None:
@@ -58,17 +40,21 @@ def _sidebar() -> None:
         )
         if not cuda:
             st.caption("cuda: no CUDA GPU is available on this machine, models run on the CPU.")
-        if WEIGHTS_KEY not in st.session_state:
-            st.session_state[WEIGHTS_KEY] = _default_weights()
-        st.radio(
-            "Weights",
-            ["pretrained", "random"],
-            key=WEIGHTS_KEY,
-            help="pretrained: the ImageNet weights from the local cache (see the Models page). "
-            "random: the same architectures, untrained.",
+        st.selectbox(
+            "Overlay colormap",
+            COLORMAPS,
+            key=CMAP_KEY,
+            help="The colours of every heat map; each map's colour bar shows which value each colour means.",
         )
-        st.selectbox("Overlay colormap", COLORMAPS, key=CMAP_KEY)
-        st.slider("Overlay opacity", 0.0, 1.0, 0.5, step=0.05, key=ALPHA_KEY)
+        st.slider(
+            "Overlay opacity",
+            0.0,
+            1.0,
+            0.5,
+            step=0.05,
+            key=ALPHA_KEY,
+            help="How strongly the heat map covers the image (0: the image only, 1: the map only).",
+        )
         st.caption(f"attnviz {attnviz.__version__}")
 
 
@@ -86,8 +72,6 @@ def main() -> None:
         ]
     )
     _sidebar()
-    if st.session_state[WEIGHTS_KEY] == "random":
-        st.warning(UNTRAINED_BANNER, icon=":material/warning:")
     page.run()
 
 

@@ -288,7 +288,7 @@ class _Painter:
         scale = map_scale(list(maps), PROBABILITY, self.mode)
         shared = None if scale.stretched else scale.value_range
         img = render.head_grid_image(self.picture, maps, cmap=self.cmap, alpha=self.alpha, value_range=shared)
-        title = "attention probability · stretched: each tile to its own min-max" if shared is None else None
+        title = "attention probability · stretched (each tile to its own min-max)" if shared is None else None
         entry = _scale_entry(np.concatenate([np.ravel(m) for m in maps]), scale)
         if shared is None:
             entry["scale"]["per_tile"] = True

@@ -442,13 +442,13 @@ def _wrap(text: str, fnt, width: int) -> list[str]:
 def colorbar_title(scale) -> str:
     """The line under a colour bar: the quantity and how the colours span it."""
     if scale.stretched:
-        how = "stretched: this map's own min-max" if scale.shared == 1 else "stretched: min-max of these maps"
+        how = "stretched (this map's min-max)" if scale.shared == 1 else "stretched (min-max of these maps)"
     elif scale.natural:
-        how = "absolute: natural range"
+        how = "absolute (natural range)"
     elif scale.shared > 1:
-        how = f"absolute: 0 to the largest of {scale.shared} maps"
+        how = f"absolute (0 to max, shared by {scale.shared} maps)"
     else:
-        how = "absolute: 0 to the largest value"
+        how = "absolute (0 to max)"
     return f"{scale.quantity.label} · {how}"
 
 
@@ -477,7 +477,7 @@ def colorbar(
         raise ValueError(f"width must be an int >= 64, got {width!r}")
     width = int(width)
     table = _colour_table(cmap)
-    size = int(min(22, max(11, round(width / 30))))
+    size = int(min(26, max(11, round(width / 21))))
     fnt = font(size)
     ticks = scale.ticks(3)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
@@ -648,6 +648,10 @@ def _in_unit_interval(values: np.ndarray) -> bool:
     return finite.size > 0 and float(finite.min()) >= 0.0 and float(finite.max()) <= 1.0
 
 
+_CHANNEL_VALUE = {"gc_add": "added term (not a gate)"}
+"""What a ``[C]`` record's values are when they are not gates (GC's transform is added to the input)."""
+
+
 def channel_bar(cw: ChannelWeights, *, sort: bool = False, top: int | None = None) -> go.Figure:
     """Bar chart of one block's weight per channel.
 
@@ -704,15 +708,16 @@ def channel_bar(cw: ChannelWeights, *, sort: bool = False, top: int | None = Non
         fig.update_layout(barmode="stack", legend_title_text="path")
         y_title = "weight over paths"
     else:
+        what = _CHANNEL_VALUE.get(cw.kind, "gate value")
         fig.add_trace(
             go.Bar(
                 x=x,
                 y=key[order],
-                name="gate",
-                hovertemplate="channel %{x}<br>gate: %{y:.3f}<extra></extra>",
+                name=what,
+                hovertemplate=f"channel %{{x}}<br>{what}: %{{y:.3f}}<extra></extra>",
             )
         )
-        y_title = "gate value"
+        y_title = what
     fig.update_layout(title=title, bargap=0.05)
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=x, title_text="channel")
     fig.update_yaxes(title_text=y_title)
@@ -750,23 +755,31 @@ def block_channel_heatmap(records: Sequence[ChannelWeights]) -> go.Figure:
         z[i, : r.channels] = row
         what[i, :] = f"weight of {_path_labels(r)[0]}" if r.multipath else "gate"
     any_multipath = any(r.multipath for r in recs)
+    layers = np.array([[_block_label(r)] * width for r in recs], dtype=object)
     fig = go.Figure(
         go.Heatmap(
             z=z,
             x=list(range(width)),
-            y=[_block_label(r) for r in recs],
-            customdata=what,
+            y=[f"block {r.block}" for r in recs],
+            customdata=np.stack([what, layers], axis=-1),
             zmin=0.0,
             zmax=1.0,
             colorscale=_HEATMAP_COLORSCALE,
             hoverongaps=False,
-            colorbar={"title": {"text": "gate / path-0 weight" if any_multipath else "gate"}},
-            hovertemplate="%{y}<br>channel %{x}<br>%{customdata}: %{z:.3f}<extra></extra>",
+            colorbar={
+                "title": {"text": "gate / path-0 weight" if any_multipath else "gate value", "side": "top"},
+                "orientation": "h",
+                "y": -0.18,
+                "yanchor": "top",
+                "thickness": 12,
+                "len": 1.0,
+            },
+            hovertemplate="%{customdata[1]}<br>channel %{x}<br>%{customdata[0]}: %{z:.3f}<extra></extra>",
         )
     )
-    fig.update_layout(title="Channel weights per block")
+    fig.update_layout(title="Channel weights per block (0-1)")
     fig.update_xaxes(title_text="channel")
-    fig.update_yaxes(type="category", autorange="reversed", title_text="block")
+    fig.update_yaxes(type="category", autorange="reversed", title_text=None)
     return fig
 
 
@@ -801,21 +814,34 @@ def gate_stats_figure(records: Sequence[ChannelWeights]) -> go.Figure:
                 hovertemplate=f"%{{x}}<br>{name}: %{{y:.3f}}<extra></extra>",
             )
         )
-    fig.update_layout(title="Channel-weight statistics per block", hovermode="x unified")
-    fig.update_xaxes(type="category", title_text="block")
+    fig.update_layout(
+        title="Gate statistics per block",
+        hovermode="x unified",
+        legend={"orientation": "h", "y": -0.25, "yanchor": "top", "x": 0.0},
+    )
+    fig.update_xaxes(
+        type="category",
+        title_text="block",
+        tickmode="array",
+        tickvals=labels,
+        ticktext=[str(r.block) for r in recs],
+    )
     fig.update_yaxes(title_text="value")
     return fig
 
 
-def top5_bar(predictions: Sequence[Prediction], *, title: str = "Top-5") -> go.Figure:
+def top5_bar(predictions: Sequence[Prediction], *, title: str = "Top-5", label_chars: int = 18) -> go.Figure:
     """Horizontal bar chart of predicted class probabilities, most probable on top.
 
     Bars are placed at integer rank positions (0 = most probable) with the class labels as tick
-    text, so classes that share a label (ImageNet has a few) stay separate bars.
+    text, so classes that share a label (ImageNet has a few) stay separate bars. Labels longer than
+    ``label_chars`` are cut with an ellipsis (the hover shows them whole), so that long ImageNet
+    names do not squeeze the bars.
 
     Args:
         predictions: the predictions, in any order (sorted here by descending probability).
         title: figure title.
+        label_chars: longest tick label (>= 4).
 
     Returns:
         The figure, or one with the annotation ``"no predictions"`` when ``predictions`` is empty.
@@ -846,9 +872,17 @@ def top5_bar(predictions: Sequence[Prediction], *, title: str = "Top-5") -> go.F
     fig.update_layout(title=title)
     fig.update_xaxes(range=[0.0, 1.0], tickformat=".0%", title_text="probability")
     fig.update_yaxes(
-        tickmode="array", tickvals=ranks, ticktext=[p.label for p in preds], autorange="reversed"
+        tickmode="array",
+        tickvals=ranks,
+        ticktext=[_cut(p.label, max(4, int(label_chars))) for p in preds],
+        autorange="reversed",
+        automargin=True,
     )
     return fig
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1071,9 +1105,9 @@ def head_stats_figure(
             heads += list(range(len(v)))
         fig.add_trace(
             go.Scatter(
-                x=xs, y=ys, mode="markers", marker={"size": 7, "opacity": 0.75}, customdata=heads,
+                x=xs, y=ys, mode="markers", marker={"size": 7, "opacity": 0.75, "color": "#1f77b4"},
+                customdata=heads, name="one head", legendgroup="head", showlegend=row == 1,
                 hovertemplate=f"layer %{{x}} · head %{{customdata}}<br>%{{y:.2f}} {unit}<extra></extra>",
-                showlegend=False,
             ),
             row=row, col=1,
         )  # fmt: skip
@@ -1081,13 +1115,17 @@ def head_stats_figure(
         fig.add_trace(
             go.Scatter(
                 x=list(range(len(means))), y=means, mode="lines", line={"color": "gray", "dash": "dot"},
-                hovertemplate=f"layer %{{x}} · head mean %{{y:.2f}} {unit}<extra></extra>", showlegend=False,
+                name="mean over the layer's heads", legendgroup="mean", showlegend=row == 1,
+                hovertemplate=f"layer %{{x}} · head mean %{{y:.2f}} {unit}<extra></extra>",
             ),
             row=row, col=1,
         )  # fmt: skip
     ticks = {"tickmode": "array", "tickvals": list(range(len(layers))), "ticktext": [str(x) for x in layers]}
     fig.update_xaxes(**ticks, row=2, col=1, title_text="layer")
     fig.update_xaxes(**ticks, row=1, col=1)
+    fig.update_yaxes(title_text="px", row=1, col=1)
+    fig.update_yaxes(title_text="nats", row=2, col=1)
+    fig.update_layout(legend={"orientation": "h", "y": 1.12, "yanchor": "bottom", "x": 0.0})
     return fig
 
 

@@ -2,21 +2,29 @@
 
 How state works here:
 
-- Inputs (uploads, sample photos, models) are ordinary widgets with ``compare_*`` keys; changing
-  them only reruns this script, which re-renders from stored results. Models run only when the
-  **Run** button is pressed.
-- Models come from :func:`ui.cached_model`, an ``st.cache_resource`` shared by every session and keyed
-  by ``(name, weights, device)``; :func:`attnviz.analyze` holds the model's own lock while it runs.
+- Inputs (uploads, a camera photo, sample photos and scenes, the grouped model pills of
+  :mod:`ui.picker`, the per-model random-weights override) are ordinary widgets with ``compare_*``
+  keys; changing them only reruns this script, which re-renders from stored results. Models run only
+  when the **Run** button is pressed.
+- Weights are decided per model (:func:`ui.picker.weights_plan`): the zoo's own trained weights,
+  cached pretrained weights, else random, or random on request. Models come from
+  :func:`ui.cached_model`, shared by every session and keyed by ``(name, weights, device)``;
+  :func:`attnviz.analyze` holds the model's own lock while it runs.
 - Results are :class:`attnviz.Analysis` records (frozen dataclasses of numpy arrays, no tensors) in
   ``st.session_state["compare_results"]``, keyed by ``(image key, model, weights, device)``; the
   image key is a digest of the uploaded bytes. Per-model failures are kept next to them, so an
   error stays in its model's column until a later run of that model succeeds.
-- Everything drawn is a pure function of the stored results and the sidebar's overlay settings;
-  file downloads are generated only when their button is clicked.
+- Everything drawn is a pure function of the stored results, the page's colour scale and the
+  sidebar's overlay settings. The columns are drawn one row per panel kind (header, notices,
+  predictions, Grad-CAM, block choice, block maps, channel weights, expanders), so panels of the same
+  kind line up; maps of one quantity share one colour scale across the columns. File downloads are
+  generated only when their button is clicked.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import dataclasses
 import functools
@@ -24,30 +32,31 @@ import hashlib
 import io
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
 import attnviz
-from attnviz import render, sampling, vit
+from attnviz import render, sampling, vit, zoo
 from attnviz.export import export_files, zip_bundle
 from attnviz.imageio import ALLOWED_EXTENSIONS, MAX_BYTES, MAX_PIXELS
 from attnviz.maps import AttentionMap, record_map
 from attnviz.samples import list_samples, load_sample
+from attnviz.scales import GRADCAM, OFFSET_LENGTH, PROBABILITY, ROLLOUT, map_scale, shared_scales
 from attnviz.scenes import CLASSES, SceneParams, make_scene
 from ui import Settings, cached_model, require_app, store
 from ui import settings as read_settings
+from ui.maps import error_parts, error_with_details, map_picture, md, scale_control, short, show_map
+from ui.picker import MAX_MODELS, model_picker, random_override, weights_plan
 
 log = logging.getLogger("attnviz.app.compare")
 
 # Images analysed per run at most.
 MAX_IMAGES = 8
-
-# Models compared side by side at most.
-MAX_MODELS = 4
 
 # Preselected models: two zoo models with spatial maps (CBAM's spatial gate, GC's context softmax).
 DEFAULT_MODELS = ("zoo_cbam", "zoo_gc")
@@ -65,16 +74,21 @@ MAX_STORED = 96
 # current run's.
 MAX_STORED_BYTES = 800 * 2**20
 
-# Session-state keys (widgets and stored data); the sidebar's keys belong to app.py.
+# Session-state keys (widgets and stored data); the sidebar's keys belong to the ui package.
+PREFIX = "compare"
 UPLOADS_KEY = "compare_uploads"
+CAMERA_ON_KEY = "compare_camera_on"
+CAMERA_KEY = "compare_camera"
 SAMPLES_KEY = "compare_samples"
 SAMPLES_TOUCHED_KEY = "compare_samples_touched"
-MODELS_KEY = "compare_models"
+MODELS_KEY = "compare_models"  # the chosen models in pick order (ui.picker)
+RANDOM_KEY = "compare_random"
 RUN_KEY = "compare_run"
 IMAGE_KEY = "compare_image"
+SCALE_KEY = "compare_scale"
 SORT_KEY = "compare_sort"
-BLOCK_KEY = "compare_block"
-DEPTH_KEY = "compare_depth"
+BLOCK_KEY = "compare_block"  # + "_<model>"
+TARGET_KEY = "compare_cam_target"  # + "_<model>_<image digest>"
 RESULTS_KEY = "compare_results"
 FAILURES_KEY = "compare_failures"
 LAST_RUN_KEY = "compare_last_run"
@@ -93,6 +107,7 @@ PENDING_CAM_KEY = "compare_pending_gradcam"
 VIT_VIEW_KEY = "compare_vit_view"
 HEATMAP_OPEN_KEY = "compare_open_heatmap"
 STATS_OPEN_KEY = "compare_open_stats"
+DOWNLOADED_KEY = "compare_downloaded"
 
 # The transformer views below the columns; only the chosen one is computed.
 VIT_VIEWS = ("Heads × layers", "Query point", "Rollout", "Head statistics")
@@ -100,11 +115,19 @@ VIT_VIEWS = ("Heads × layers", "Query point", "Rollout", "Head statistics")
 # Rendered transformer pictures kept per session (PNG bytes), the oldest dropped first.
 MAX_RENDERS = 48
 
-_WEIGHTS_HINT = (
-    "Switch **Weights** in the sidebar to **random** to run this architecture untrained, or see the "
-    "Models page for where the pretrained file goes."
-)
+# Heights (px) of the charts of one row, so that the rows line up across the columns.
+TOP5_HEIGHT = 240
+CHANNELS_HEIGHT = 300
+
+# A model name longer than this (for n columns) is cut in its column's header; the full name and
+# the description are in the header's tooltip.
+NAME_CHARS = {1: 60, 2: 34, 3: 21, 4: 15}
+
 _UNEXPECTED = "{model} failed unexpectedly; the details are in the server log."
+_OUT_OF_DOMAIN = (
+    "**Trained on generated shapes only** (10 classes): on this picture its prediction means nothing and "
+    "its maps show the mechanics. Pick a generated scene to see it on its own ground."
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,7 +140,8 @@ class ImageRef:
     """One input image.
 
     Attributes:
-        key: ``"upload:<sha256 of the bytes, 24 hex>"`` or ``"sample:<file name>"``.
+        key: ``"upload:<sha256 of the bytes, 24 hex>"``, ``"camera:<sha256 ...>"`` or
+            ``"sample:<file name>"``.
         label: the file name shown to the user and used for the export folders.
     """
 
@@ -126,34 +150,52 @@ class ImageRef:
 
     @property
     def is_sample(self) -> bool:
-        """True for a shipped sample photo."""
+        """True for a shipped sample photo or a generated scene."""
         return self.key.startswith("sample:")
+
+    @property
+    def is_scene(self) -> bool:
+        """True for a generated scene (what the zoo models were trained on)."""
+        return self.is_sample and self.label in SCENES
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """What a run analysed: the results shown are those of the last run."""
+    """What a run analysed: the results shown are those of the last run.
+
+    Attributes:
+        images: the images, in order.
+        models: the models, in the order they were picked.
+        weights: per model, ``"pretrained"`` or ``"random"`` (see :func:`ui.picker.weights_plan`).
+        device: the resolved device.
+    """
 
     images: tuple[ImageRef, ...]
     models: tuple[str, ...]
-    weights: str
+    weights: tuple[str, ...]
     device: str
+
+    def weights_of(self, model: str) -> str:
+        """The weights ``model`` ran with."""
+        return self.weights[self.models.index(model)]
 
     def result_key(self, image: ImageRef, model: str) -> tuple[str, str, str, str]:
         """Key of one result in the session's store."""
-        return (image.key, model, self.weights, self.device)
+        return (image.key, model, self.weights_of(model), self.device)
 
     def model_key(self, model: str) -> tuple[str, str, str]:
         """Key of one model's failure in the session's store."""
-        return (model, self.weights, self.device)
+        return (model, self.weights_of(model), self.device)
 
 
 @dataclass(frozen=True)
 class Failure:
-    """A model that could not run: a user-facing message, and whether random weights would help."""
+    """A model that could not run: one sentence for people, the details, and whether random weights
+    would help (its pretrained weights are missing)."""
 
     message: str
-    weights_hint: bool
+    details: tuple[str, ...] = ()
+    weights_hint: bool = False
 
 
 def _trim(store: dict, limit: int, keep: Iterable[object] = ()) -> None:
@@ -194,25 +236,9 @@ def same_run(a: RunConfig, b: RunConfig) -> bool:
     return dataclasses.astuple(a) == dataclasses.astuple(b)
 
 
-def upload_key(data: bytes) -> str:
+def upload_key(data: bytes, kind: str = "upload") -> str:
     """The image key of uploaded bytes: identical content gives the same key whatever the name."""
-    return "upload:" + hashlib.sha256(data).hexdigest()[:24]
-
-
-def depth_to_block(depth_percent: float, blocks: int) -> int:
-    """The block position nearest to a relative depth.
-
-    Args:
-        depth_percent: 0 (first block) to 100 (last block).
-        blocks: how many blocks the model has (>= 1).
-
-    Returns:
-        A position in ``[0, blocks - 1]``; halves round up.
-    """
-    if blocks < 1:
-        raise ValueError(f"blocks must be >= 1, got {blocks}")
-    frac = min(max(float(depth_percent), 0.0), 100.0) / 100.0
-    return min(blocks - 1, math.floor(frac * (blocks - 1) + 0.5))
+    return f"{kind}:" + hashlib.sha256(data).hexdigest()[:24]
 
 
 def block_records(analysis: attnviz.Analysis, position: int) -> tuple[str, tuple, tuple[AttentionMap, ...]]:
@@ -235,13 +261,23 @@ def block_records(analysis: attnviz.Analysis, position: int) -> tuple[str, tuple
     return records[0].layer, channels, maps
 
 
+def default_block(model: str, blocks: int) -> int:
+    """The block a column opens on: for a zoo model the one that localises best according to its
+    card (:func:`attnviz.zoo.best_block`), else the last one."""
+    if model.startswith("zoo_"):
+        best = zoo.best_block(model.removeprefix("zoo_"))
+        if best is not None and best.block < blocks:
+            return best.block
+    return blocks - 1
+
+
 def channel_csv(cw: attnviz.ChannelWeights) -> bytes:
     """One block's channel weights as CSV: ``channel`` then one column per path (or ``gate``)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     if cw.multipath:
         labels = list(cw.path_labels) if len(cw.path_labels) == cw.values.shape[0] else None
-        names = labels or [f"path{i}" for i in range(cw.values.shape[0])]
+        names = labels or [f"path {i}" for i in range(cw.values.shape[0])]
         rows = cw.values.T
     else:
         names = ["gate"]
@@ -262,18 +298,69 @@ def top5_csv(analysis: attnviz.Analysis) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def overlay_png(image, heat, cmap: str, alpha: float) -> bytes:
-    """PNG bytes of a heat-map overlay (called only when a download button is clicked)."""
-    return render.to_png_bytes(render.overlay(image, heat, cmap=cmap, alpha=alpha))
+def picture_png(picture: Image.Image) -> bytes:
+    """PNG bytes of a drawn map (called only when a download button is clicked)."""
+    return render.to_png_bytes(picture)
 
 
-def bundle_zip(items: Sequence[tuple[str, attnviz.Analysis]], cmap: str, alpha: float) -> bytes:
+def map_png(image, values, scale, cmap: str, alpha: float) -> bytes:
+    """PNG bytes of a map with its colour bar, as shown (called only when its download is clicked)."""
+    return render.to_png_bytes(map_picture(image, values, scale, cmap, alpha))
+
+
+def bundle_zip(items: Sequence[tuple[str, attnviz.Analysis]], cmap: str, alpha: float, scale: str) -> bytes:
     """The ZIP of every result: :func:`attnviz.export.export_files` packed by ``zip_bundle``."""
-    return zip_bundle(export_files(items, cmap=cmap, alpha=alpha))
+    return zip_bundle(export_files(items, cmap=cmap, alpha=alpha, scale=scale))
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _custom_values(custom: object) -> list[float] | None:
+    """A point's ``customdata`` as numbers, whatever shape Plotly sent it in: a list, a dict keyed by
+    position (``{"0": ..}``), or Plotly 6's typed array (``{"dtype": "f8", "bdata": base64}``)."""
+    if isinstance(custom, list | tuple):
+        values = list(custom)
+    elif isinstance(custom, Mapping) and "bdata" in custom:
+        try:
+            raw = base64.b64decode(str(custom["bdata"]), validate=True)
+            values = np.frombuffer(raw, dtype=np.dtype(str(custom.get("dtype", "f8")))).tolist()
+        except (ValueError, TypeError, binascii.Error):
+            return None
+    elif isinstance(custom, Mapping):
+        try:
+            values = [custom[k] for k in sorted(custom, key=lambda k: int(k))]
+        except (ValueError, TypeError):
+            return None
+    else:
+        return None
+    return values if all(_number(v) for v in values) else None
+
+
+def point_of_click(event: object) -> tuple[float, float] | None:
+    """The (y, x) pixel of the token clicked in :func:`attnviz.render.query_figure`, or None.
+
+    ``event`` is what ``st.plotly_chart(on_select=...)`` gives (an attribute object, or the dict kept
+    in session state). A point's ``x`` and ``y`` are the token's centre (plain numbers); its
+    ``customdata`` ``[row, col, y, x]`` is read only when they are missing, in any shape it arrives.
+    """
+    selection = event.get("selection") if isinstance(event, Mapping) else getattr(event, "selection", None)
+    points = selection.get("points") if isinstance(selection, Mapping) else getattr(selection, "points", None)
+    for point in points or []:
+        if not isinstance(point, Mapping):
+            continue
+        x, y = point.get("x"), point.get("y")
+        if _number(x) and _number(y):
+            return float(y), float(x)
+        custom = _custom_values(point.get("customdata"))
+        if custom is not None and len(custom) >= 4:
+            return float(custom[2]), float(custom[3])
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
-# Models and images
+# Images
 # --------------------------------------------------------------------------------------------------
 
 
@@ -304,11 +391,32 @@ def _on_samples() -> None:
     st.session_state[SAMPLES_TOUCHED_KEY] = True
 
 
+def _camera_bytes() -> bytes | None:
+    photo = st.session_state.get(CAMERA_KEY) if st.session_state.get(CAMERA_ON_KEY) else None
+    return photo.getvalue() if photo is not None else None
+
+
+def _check(ref: ImageRef, data: bytes, decoded: dict[str, Image.Image], refs: list[ImageRef]) -> None:
+    """Load an upload once per digest (the outcome is remembered in the session); show a refusal."""
+    checked: dict[str, str | None] = store(CHECKED_KEY)
+    if ref.key not in checked:
+        try:
+            decoded[ref.key] = attnviz.load_image(data, name=ref.label)
+            checked[ref.key] = None
+        except attnviz.ImageLoadError as err:
+            checked[ref.key] = str(err)
+    if checked[ref.key] is not None:
+        st.error(checked[ref.key], icon=":material/broken_image:")
+    elif all(ref.key != r.key for r in refs):
+        refs.append(ref)
+
+
 def _image_inputs() -> tuple[list[ImageRef], dict[str, Image.Image]]:
     """Draw the image inputs; return the valid images (capped) and those decoded in this rerun.
 
-    Every upload goes through :func:`attnviz.load_image` once (its outcome is remembered per
-    digest in the session), and each refused file gets one error with the loader's message.
+    Every upload and camera photo goes through :func:`attnviz.load_image` once (its outcome is
+    remembered per digest in the session), and each refused file gets one error with the loader's
+    message.
     """
     uploads = (
         # No type= filter: Streamlit checks it by file name on the server and raises for any other
@@ -325,6 +433,8 @@ def _image_inputs() -> tuple[list[ImageRef], dict[str, Image.Image]]:
         )
         or []
     )
+    if st.toggle("Camera", key=CAMERA_ON_KEY, help="Take a photo with this device's camera (live demos)."):
+        st.camera_input("Take a photo", key=CAMERA_KEY)
     # Generated scenes first: the default models are the zoo's, which were trained on such scenes.
     sample_names = list(SCENES) + [path.name for path in list_samples()]
     if SAMPLES_KEY not in st.session_state:
@@ -338,25 +448,18 @@ def _image_inputs() -> tuple[list[ImageRef], dict[str, Image.Image]]:
         on_change=_on_samples,
         format_func=_scene_label,
         help="Photos shipped with attnviz (see assets/samples/ATTRIBUTION.md) and generated scenes "
-        "(attnviz.scenes, 224 px).",
+        "(attnviz.scenes, 224 px), the kind of picture the built-in zoo was trained on.",
     )
-    checked: dict[str, str | None] = store(CHECKED_KEY)
     decoded: dict[str, Image.Image] = {}
     refs: list[ImageRef] = []
     for upload in uploads:
         data = upload.getvalue()
-        ref = ImageRef(upload_key(data), upload.name)
-        if ref.key not in checked:
-            try:
-                decoded[ref.key] = attnviz.load_image(data, name=upload.name)
-                checked[ref.key] = None
-            except attnviz.ImageLoadError as err:
-                checked[ref.key] = str(err)
-        if checked[ref.key] is not None:
-            st.error(checked[ref.key], icon=":material/broken_image:")
-        elif all(ref.key != r.key for r in refs):
-            refs.append(ref)
-    _trim(checked, 64, keep=[r.key for r in refs])
+        _check(ImageRef(upload_key(data), upload.name), data, decoded, refs)
+    photo = _camera_bytes()
+    if photo is not None:
+        key = upload_key(photo, "camera")
+        _check(ImageRef(key, f"camera_{key[7:15]}.jpg"), photo, decoded, refs)
+    _trim(store(CHECKED_KEY), 64, keep=[r.key for r in refs])
     refs += [ImageRef(f"sample:{name}", name) for name in st.session_state.get(SAMPLES_KEY, [])]
     if len(refs) > MAX_IMAGES:
         st.warning(
@@ -379,6 +482,9 @@ def _decode_all(
     """
     contents = [f.getvalue() for f in st.session_state.get(UPLOADS_KEY) or []]
     uploads = {upload_key(data): data for data in contents}
+    photo = _camera_bytes()
+    if photo is not None:
+        uploads[upload_key(photo, "camera")] = photo
     images: dict[str, Image.Image] = {}
     failed: list[ImageRef] = []
     for ref in refs:
@@ -400,6 +506,14 @@ def _decode_all(
 # --------------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------------
+
+
+def _failure(model: str, err: Exception) -> Failure:
+    """What a column says about a model that could not run."""
+    if isinstance(err, attnviz.AttnvizError):
+        summary, details = error_parts(err)
+        return Failure(summary, details, isinstance(err, attnviz.WeightsUnavailableError))
+    return Failure(_UNEXPECTED.format(model=model))
 
 
 def _run(config: RunConfig, decoded: dict[str, Image.Image]) -> None:
@@ -429,22 +543,17 @@ def _run(config: RunConfig, decoded: dict[str, Image.Image]) -> None:
                 bar.progress(min(1.0, (i + 0.5 * (fraction or 0.0)) / n), text=message)
 
             try:
-                loaded = cached_model(model, config.weights, config.device, progress)
+                loaded = cached_model(model, config.weights_of(model), config.device, progress)
                 bar.progress((i + 0.5) / n, text=f"Analysing {len(missing)} image(s) with {model}")
                 # Native maps first (one forward); Grad-CAM (a forward and a backward more) is added
                 # once the columns are drawn, so the page shows the modules' own maps sooner.
                 analyses = attnviz.analyze(loaded, [images[ref.key] for ref in missing], gradcam=False)
-            except attnviz.AttnvizError as err:
-                log.warning("%s could not run: %s", model, err)
-                failures[config.model_key(model)] = Failure(
-                    str(err), isinstance(err, attnviz.WeightsUnavailableError)
-                )
-                st.write(f"{model}: failed.")
-                failed += 1
-                continue
-            except Exception:
-                log.exception("analysing images with %s failed", model)
-                failures[config.model_key(model)] = Failure(_UNEXPECTED.format(model=model), False)
+            except Exception as err:
+                if isinstance(err, attnviz.AttnvizError):
+                    log.warning("%s could not run: %s", model, err)
+                else:
+                    log.exception("analysing images with %s failed", model)
+                failures[config.model_key(model)] = _failure(model, err)
                 st.write(f"{model}: failed.")
                 failed += 1
                 continue
@@ -463,13 +572,36 @@ def _run(config: RunConfig, decoded: dict[str, Image.Image]) -> None:
     _trim_bytes(results, MAX_STORED_BYTES, keep=keep)
 
 
+def _download_weights(model: str, device: str) -> None:
+    """Fetch a model's pretrained weights through its library's hub, with progress (a button)."""
+    bar = st.progress(0.0, text=f"Getting the pretrained weights of {model}")
+
+    def progress(message: str, fraction: float | None) -> None:
+        bar.progress(min(1.0, fraction or 0.0), text=message)
+
+    try:
+        cached_model(model, "pretrained", device, progress)
+    except attnviz.AttnvizError as err:
+        bar.empty()
+        error_with_details(*error_parts(err))
+        return
+    except Exception:
+        bar.empty()
+        log.exception("getting the pretrained weights of %s failed", model)
+        st.error(_UNEXPECTED.format(model=model), icon=":material/error:")
+        return
+    bar.empty()
+    st.session_state[DOWNLOADED_KEY] = model
+    st.rerun()
+
+
 # --------------------------------------------------------------------------------------------------
-# Rendering (pure functions of the stored results)
+# Rendering helpers (pure functions of the stored results)
 # --------------------------------------------------------------------------------------------------
 
 
-def _compact(fig: go.Figure, height: int) -> go.Figure:
-    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+def _compact(fig: go.Figure, height: int, top: int = 40) -> go.Figure:
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": top, "b": 10})
     return fig
 
 
@@ -486,152 +618,299 @@ def _download(label: str, data: Callable[[], bytes], file_name: str, mime: str, 
     )
 
 
-def _block_selector(counts: dict[str, int]) -> dict[str, int]:
-    """Draw the block slider shared by the columns; return each model's chosen block position.
-
-    With the same number of blocks everywhere, the slider is over the block index; otherwise it
-    is over the relative depth (0-100 %), mapped to the nearest block of each model.
-    """
-    sizes = {n for n in counts.values() if n > 0}
-    if not sizes:
-        return {}
-    if len(sizes) == 1:
-        (n,) = sizes
-        if n == 1:
-            return {m: 0 for m, c in counts.items() if c}
-        index = st.slider(
-            "Block",
-            0,
-            n - 1,
-            n - 1,
-            key=BLOCK_KEY,
-            help="Attention block, in forward order (0 = first). Every column shows the same index.",
-        )
-        return {m: index for m, c in counts.items() if c}
-    depth = st.slider(
-        "Relative depth (%)",
-        0,
-        100,
-        100,
-        step=1,
-        key=DEPTH_KEY,
-        help="The models have different numbers of blocks: each column shows its block nearest to "
-        "this depth (0 % = first block, 100 % = last).",
-    )
-    return {m: depth_to_block(depth, c) for m, c in counts.items() if c}
+def _cached_png(key: tuple, draw: Callable[[], Image.Image]) -> bytes:
+    """PNG bytes of ``draw()``, kept in this session under ``key`` (lazy, rendered once per key)."""
+    renders: dict = store(RENDERS_KEY)
+    if key not in renders:
+        renders[key] = render.to_png_bytes(draw())
+        _trim(renders, MAX_RENDERS, keep=[key])
+    return renders[key]
 
 
-def _column(
-    model: str,
-    analysis: attnviz.Analysis | None,
-    failure: Failure | None,
-    config: RunConfig,
-    image: ImageRef,
-    position: int | None,
-    settings: Settings,
-    sort: bool,
-    slots: dict,
-) -> None:
-    """Draw one model's column; where its Grad-CAM is still to come, leave a slot in ``slots``."""
-    st.subheader(model)
-    st.caption(f"weights: {config.weights} · device: {config.device}")
-    if failure is not None and analysis is None:
-        st.error(failure.message, icon=":material/error:")
-        if failure.weights_hint:
-            st.info(_WEIGHTS_HINT, icon=":material/lightbulb:")
+def _layer_label(record) -> str:
+    return f"{record.block}: {record.layer.removesuffix('.attn').removesuffix('.self_attention')}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
+
+
+# --------------------------------------------------------------------------------------------------
+# The columns, one row per panel kind
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Column:
+    """What one model's column shows for the chosen image."""
+
+    model: str
+    weights: str
+    analysis: attnviz.Analysis | None
+    failure: Failure | None
+    position: int | None = None
+
+    @property
+    def spec(self) -> attnviz.ModelSpec:
+        return attnviz.get_spec(self.model)
+
+
+def _header(col: _Column, config: RunConfig, n: int) -> None:
+    spec = col.spec
+    st.subheader(short(col.model, NAME_CHARS.get(n, 19)), help=f"**{md(col.model)}**: {md(spec.description)}")
+    what = "random weights (untrained)" if col.weights == "random" else weights_plan(col.model).why
+    st.caption(f"{what} · {config.device}")
+
+
+def _notices(col: _Column, config: RunConfig, image: ImageRef) -> None:
+    """Why a column shows nothing, or what to keep in mind reading it (untrained, out of domain)."""
+    if col.failure is not None and col.analysis is None:
+        error_with_details(col.failure.message, col.failure.details)
+        if col.failure.weights_hint:
+            st.info(
+                "To see this architecture anyway, add it to **Run untrained (random weights)** above.",
+                icon=":material/lightbulb:",
+            )
         return
-    if analysis is None:
+    if col.analysis is None:
         st.info("No result for this image yet: press Run.")
         return
-    if analysis.untrained:
-        st.badge("untrained", icon=":material/warning:", color="orange")
-    for note in analysis.notes:  # e.g. the GPU ran out of memory and the batch was split
-        st.info(note, icon=":material/memory:")
-    stem = f"{image.label.rsplit('.', 1)[0]}_{model}"
-    cmap, alpha = settings.cmap, settings.alpha
-    img = analysis.input_image
+    spec = col.spec
+    if col.analysis.untrained:
+        missing = col.weights == "random" and weights_plan(col.model).missing
+        text = "**Untrained** (random weights): the maps show the mechanics, not learned attention."
+        if missing:
+            text += " Its pretrained weights are not on this machine."
+        st.warning(text, icon=":material/warning:")
+        hub = spec.source in ("torchvision", "timm", "transformers")
+        if (
+            missing
+            and hub
+            and st.button(
+                "Download pretrained weights",
+                key=f"compare_get_{col.model}",
+                icon=":material/download:",
+                help="Fetch them from the library's hub (needs internet); then press Run.",
+            )
+        ):
+            _download_weights(col.model, config.device)
+    if spec.source == "attnviz" and not image.is_scene:
+        st.info(_OUT_OF_DOMAIN, icon=":material/info:")
+    for note in col.analysis.notes:  # e.g. the GPU ran out of memory and the batch was split
+        st.info(md(note), icon=":material/memory:")
 
+
+def _predictions(col: _Column, stem: str) -> None:
+    analysis = col.analysis
+    if analysis is None:
+        return
     if analysis.top5:
-        st.plotly_chart(_compact(render.top5_bar(analysis.top5), 260), key=f"compare_top5_{model}")
+        fig = render.top5_bar(analysis.top5, title="Top-5 predictions")
+        st.plotly_chart(_compact(fig, TOP5_HEIGHT), key=f"compare_top5_{col.model}")
         _download("Top-5 (CSV)", functools.partial(top5_csv, analysis), f"{stem}_top5.csv", "text/csv",
-                  f"compare_dl_top5_{model}")  # fmt: skip
+                  f"compare_dl_top5_{col.model}")  # fmt: skip
     elif analysis.detections is not None:
         det = analysis.detections
         listed = ", ".join(
             f"{label} {score:.0%}" for label, score in zip(det.labels[:8], det.scores[:8], strict=False)
         )
         st.image(
-            render.draw_detections(img, det),
-            caption=f"{len(det.labels)} detection(s) with score > 50 %" + (f": {listed}" if listed else ""),
+            render.draw_detections(analysis.input_image, det),
+            caption=md(
+                f"{len(det.labels)} detection(s) with score > 50 %" + (f": {listed}" if listed else "")
+            ),
             width="stretch",
         )
     else:
-        st.caption(f"{model} has no classifier (self-supervised features): no predictions, no Grad-CAM.")
+        st.caption(f"{col.model} has no classifier (self-supervised features): no predictions, no Grad-CAM.")
 
+
+def _target_key(model: str, image: ImageRef) -> str:
+    return f"{TARGET_KEY}_{model}_{_digest(image.key)}"
+
+
+def _target_picker(col: _Column, image: ImageRef, device: str) -> int | None:
+    """The class Grad-CAM explains: one of the top-5, or any class by name (searchable)."""
+    analysis = col.analysis
+    loaded_categories = _categories(col, device)
+    if analysis is None or not analysis.top5 or not loaded_categories:
+        return None
+    top = {p.index: p for p in analysis.top5}
+    options = [p.index for p in analysis.top5] + [i for i in range(len(loaded_categories)) if i not in top]
+
+    def label(i: int) -> str:
+        if i in top:
+            return f"{loaded_categories[i]} ({top[i].probability:.1%}, top-{list(top).index(i) + 1})"
+        return loaded_categories[i]
+
+    return st.selectbox(
+        "Grad-CAM explains",
+        options,
+        format_func=label,
+        key=_target_key(col.model, image),
+        help="Which class Grad-CAM explains: the top-5 predictions first, then every class of the model "
+        "(type to search). Why did it not say 'cat'? Pick 'cat' and see where the evidence for it is.",
+    )
+
+
+def _categories(col: _Column, device: str) -> tuple[str, ...]:
+    """The model's class names (the model is loaded: it produced the result)."""
+    try:
+        return cached_model(col.model, col.weights, device).categories
+    except Exception:  # the model cannot be loaded any more (weights removed): no re-targeting
+        log.exception("cannot reload %s for its class names", col.model)
+        return ()
+
+
+def _gradcam_view(analysis: attnviz.Analysis, settings: Settings, mode: str, stem: str) -> None:
+    cam, img = analysis.gradcam, analysis.input_image
+    scale = map_scale(cam.values, GRADCAM, mode)
+    show_map(
+        img,
+        cam.values,
+        scale,
+        settings.cmap,
+        settings.alpha,
+        f"Grad-CAM at {cam.layer} for “{cam.target_label}”",
+    )
+    png = functools.partial(map_png, img, cam.values, scale, settings.cmap, settings.alpha)
+    _download(
+        "Grad-CAM (PNG)", png, f"{stem}_gradcam.png", "image/png", f"compare_dl_gradcam_{analysis.model}"
+    )
+
+
+def _retarget(config: RunConfig, image: ImageRef, col: _Column, target: int) -> attnviz.Analysis | None:
+    """Grad-CAM of ``target`` for the shown result (stored in place of the old map)."""
+    images, failed = _decode_all([image], {})
+    if failed:
+        return None
+    try:
+        loaded = cached_model(col.model, col.weights, config.device)
+        with st.spinner(f"Grad-CAM of {loaded.categories[target]} for {col.model}"):
+            [done] = attnviz.add_gradcam(loaded, [col.analysis], [images[image.key]], targets=[target])
+    except attnviz.AttnvizError as err:
+        st.warning(f"The Grad-CAM of that class could not be computed: {err}", icon=":material/warning:")
+        return None
+    store(RESULTS_KEY)[config.result_key(image, col.model)] = done
+    return done
+
+
+def _gradcam_row(col: _Column, config: RunConfig, image: ImageRef, settings: Settings, mode: str,
+                 stem: str, slots: dict) -> None:  # fmt: skip
+    analysis = col.analysis
+    if analysis is None or not analysis.top5:
+        return
+    target = _target_picker(col, image, config.device)
     if analysis.gradcam is not None:
-        _gradcam_view(analysis, settings, stem)
-    elif config.result_key(image, model) in store(PENDING_CAM_KEY):
-        slots[model] = st.empty()
-        slots[model].caption("Grad-CAM baseline: computing…")
+        if target is not None and target != analysis.gradcam.target:
+            analysis = _retarget(config, image, col, target) or analysis
+            col.analysis = analysis
+        _gradcam_view(analysis, settings, mode, stem)
+    elif config.result_key(image, col.model) in store(PENDING_CAM_KEY):
+        slots[col.model] = st.empty()
+        slots[col.model].caption("Grad-CAM baseline: computing…")
 
-    if position is None:
-        st.caption(f"{model} has no attention blocks (baseline): only Grad-CAM applies.")
+
+def _block_picker(col: _Column) -> None:
+    """Each column's block: a zoo model opens on the block its card says localises best."""
+    analysis = col.analysis
+    if analysis is None:
         return
     total = len(analysis.blocks)
-    layer, channels, maps = block_records(analysis, position)
-    st.markdown(f"**Block {position + 1} of {total}** (index {position}) · `{layer}`")
-
-    if not any(r for r in analysis.records if not isinstance(r, attnviz.ChannelWeights | attnviz.GradCAM)):
-        st.caption(f"{model} has no spatial attention map: its attention weighs channels only.")
-    elif not maps:
-        st.caption("No spatial attention map at this block.")
-    for k, amap in enumerate(maps):
-        h, w = amap.values.shape
-        st.image(
-            render.overlay(img, amap.values, cmap=cmap, alpha=alpha),
-            caption=f"{amap.kind} at {amap.layer} ({h}x{w} cells): {amap.how}",
-            width="stretch",
+    if total == 0:
+        st.caption(f"{col.model} has no attention blocks (baseline): only Grad-CAM applies.")
+        return
+    best = zoo.best_block(col.model.removeprefix("zoo_")) if col.model.startswith("zoo_") else None
+    best_block = best.block if best is not None and best.block < total else None
+    if total == 1:
+        col.position = 0
+    else:
+        key = f"{BLOCK_KEY}_{col.model}_{total}"
+        if key not in st.session_state:
+            st.session_state[key] = default_block(col.model, total)
+        col.position = st.select_slider(
+            "Block",
+            options=list(range(total)),
+            key=key,
+            format_func=lambda i: f"{i} ★" if i == best_block else str(i),
+            help="Attention block, in forward order (0 = first)."
+            + (
+                " ★: where the zoo card says this module finds the object best."
+                if best_block is not None
+                else ""
+            ),
         )
-        _download("Attention map (PNG)", functools.partial(overlay_png, img, amap.values, cmap, alpha),
-                  f"{stem}_block{position:02d}_{amap.kind}.png", "image/png",
-                  f"compare_dl_spatial_{model}_{k}")  # fmt: skip
+    layer = block_records(analysis, col.position)[0]
+    text = f"**Block {col.position + 1} of {total}** (index {col.position}) · `{layer}`"
+    st.markdown(text)
+    if best_block is not None and col.position == best_block:
+        st.caption(f"★ {best.text} (model card).")
+    elif best_block is not None:
+        st.caption(f"The card's best block is {best_block} ★.")
 
+
+def _maps_row(cols: list[_Column], settings: Settings, mode: str, stems: dict[str, str]) -> None:
+    """The chosen block's maps, maps of one quantity on one scale across the columns."""
+    maps = {}
+    for col in cols:
+        if col.analysis is not None and col.position is not None:
+            for k, amap in enumerate(block_records(col.analysis, col.position)[2]):
+                maps[(col.model, k)] = amap
+    scales = shared_scales({key: (m.values, m.quantity) for key, m in maps.items()}, mode)
+    for slot, col in zip(st.columns(len(cols), gap="medium"), cols, strict=True):
+        analysis = col.analysis
+        if analysis is None or col.position is None:
+            continue
+        with slot:
+            mine = [(key[1], amap) for key, amap in maps.items() if key[0] == col.model]
+            if not any(not isinstance(r, attnviz.ChannelWeights | attnviz.GradCAM) for r in analysis.records):
+                st.caption(f"{col.model} has no spatial attention map: its attention weighs channels only.")
+            elif not mine:
+                st.caption("No spatial attention map at this block.")
+            for k, amap in mine:
+                h, w = amap.values.shape
+                scale = scales[(col.model, k)]
+                img = analysis.input_image
+                show_map(img, amap.values, scale, settings.cmap, settings.alpha,
+                         f"{amap.kind} at {amap.layer} ({h}x{w} cells): {amap.how}")  # fmt: skip
+                _download("Attention map (PNG)",
+                          functools.partial(map_png, img, amap.values, scale, settings.cmap, settings.alpha),
+                          f"{stems[col.model]}_block{col.position:02d}_{amap.kind}.png", "image/png",
+                          f"compare_dl_spatial_{col.model}_{k}")  # fmt: skip
+
+
+def _channels_row(col: _Column, sort: bool, stem: str) -> None:
+    analysis = col.analysis
+    if analysis is None or col.position is None:
+        return
+    channels = block_records(analysis, col.position)[1]
     if not channels and analysis.channel_weights:
         st.caption("No channel weights at this block.")
     for k, cw in enumerate(channels):
-        st.plotly_chart(_compact(render.channel_bar(cw, sort=sort), 320), key=f"compare_channels_{model}_{k}")
+        fig = render.channel_bar(cw, sort=sort)
+        st.plotly_chart(_compact(fig, CHANNELS_HEIGHT, top=50), key=f"compare_channels_{col.model}_{k}")
         _download("Channel weights (CSV)", functools.partial(channel_csv, cw),
-                  f"{stem}_block{position:02d}_{cw.kind}.csv", "text/csv",
-                  f"compare_dl_channels_{model}_{k}")  # fmt: skip
+                  f"{stem}_block{col.position:02d}_{cw.kind}.csv", "text/csv",
+                  f"compare_dl_channels_{col.model}_{k}")  # fmt: skip
 
-    if not analysis.channel_weights:
+
+def _expanders_row(col: _Column) -> None:
+    analysis = col.analysis
+    if analysis is None or not analysis.channel_weights:
         return
     # Drawn only while open (the expanders rerun the page when opened or closed).
-    heatmap = st.expander("All blocks × channels", key=f"{HEATMAP_OPEN_KEY}_{model}", on_change="rerun")
+    heatmap = st.expander("All blocks × channels", key=f"{HEATMAP_OPEN_KEY}_{col.model}", on_change="rerun")
     if heatmap.open:
-        heatmap.plotly_chart(
-            _compact(render.block_channel_heatmap(analysis.channel_weights), 360),
-            key=f"compare_heatmap_{model}",
-        )
-    stats = st.expander("Gate statistics per block", key=f"{STATS_OPEN_KEY}_{model}", on_change="rerun")
+        fig = render.block_channel_heatmap(analysis.channel_weights)
+        height = max(300, 28 * len(analysis.channel_weights) + 150)
+        heatmap.plotly_chart(_compact(fig, height, top=50), key=f"compare_heatmap_{col.model}")
+    stats = st.expander("Gate statistics per block", key=f"{STATS_OPEN_KEY}_{col.model}", on_change="rerun")
     if stats.open:
-        stats.plotly_chart(
-            _compact(render.gate_stats_figure(analysis.channel_weights), 360), key=f"compare_stats_{model}"
-        )
+        fig = render.gate_stats_figure(analysis.channel_weights)
+        stats.plotly_chart(_compact(fig, 380, top=50), key=f"compare_stats_{col.model}")
 
 
-def _gradcam_view(analysis: attnviz.Analysis, settings: Settings, stem: str) -> None:
-    cam, img, cmap, alpha = analysis.gradcam, analysis.input_image, settings.cmap, settings.alpha
-    st.image(
-        render.overlay(img, cam.values, cmap=cmap, alpha=alpha),
-        caption=f"Grad-CAM at {cam.layer} for “{cam.target_label}”",
-        width="stretch",
-    )
-    _download("Grad-CAM (PNG)", functools.partial(overlay_png, img, cam.values, cmap, alpha),
-              f"{stem}_gradcam.png", "image/png", f"compare_dl_gradcam_{analysis.model}")  # fmt: skip
-
-
-def _add_gradcams(config: RunConfig, image: ImageRef, slots: dict, settings: Settings) -> None:
+def _add_gradcams(config: RunConfig, image: ImageRef, slots: dict, settings: Settings, mode: str) -> None:
     """Compute the Grad-CAM baselines still due for ``config`` (every image, batched per model) and
     draw the shown image's into its column's slot."""
     results: dict = store(RESULTS_KEY)
@@ -639,13 +918,16 @@ def _add_gradcams(config: RunConfig, image: ImageRef, slots: dict, settings: Set
     for key in [k for k in pending if k not in results]:  # dropped from the store meanwhile
         del pending[key]
     for model in config.models:
-        keys = [config.result_key(ref, model) for ref in config.images]
-        keys = [k for k in keys if k in pending]
+        refs = [ref for ref in config.images if config.result_key(ref, model) in pending]
+        keys = [config.result_key(ref, model) for ref in refs]
         if not keys:
             continue
+        targets = [st.session_state.get(_target_key(model, ref)) for ref in refs]
         try:
-            loaded = cached_model(model, config.weights, config.device)
-            done = attnviz.add_gradcam(loaded, [results[k] for k in keys], [pending[k] for k in keys])
+            loaded = cached_model(model, config.weights_of(model), config.device)
+            done = attnviz.add_gradcam(
+                loaded, [results[k] for k in keys], [pending[k] for k in keys], targets=targets
+            )
         except Exception as err:
             if isinstance(err, attnviz.AttnvizError):
                 log.warning("Grad-CAM of %s failed: %s", model, err)
@@ -665,35 +947,51 @@ def _add_gradcams(config: RunConfig, image: ImageRef, slots: dict, settings: Set
         if slot is not None and shown is not None:
             with slot.container():
                 if shown.gradcam is not None:
-                    _gradcam_view(shown, settings, f"{image.label.rsplit('.', 1)[0]}_{model}")
+                    _gradcam_view(shown, settings, mode, f"{image.label.rsplit('.', 1)[0]}_{model}")
                 else:
-                    st.warning(shown.notes[-1], icon=":material/warning:")
+                    st.warning(md(shown.notes[-1]), icon=":material/warning:")
 
 
-def _cached_png(key: tuple, draw: Callable[[], Image.Image]) -> bytes:
-    """PNG bytes of ``draw()``, kept in this session under ``key`` (lazy, rendered once per key)."""
-    renders: dict = store(RENDERS_KEY)
-    if key not in renders:
-        renders[key] = render.to_png_bytes(draw())
-        _trim(renders, MAX_RENDERS, keep=[key])
-    return renders[key]
+def _columns(config: RunConfig, image: ImageRef, settings: Settings, mode: str, sort: bool) -> dict:
+    """Every model's column, drawn one row per panel kind so that the panels line up."""
+    results: dict = store(RESULTS_KEY)
+    failures: dict = store(FAILURES_KEY)
+    cols = [
+        _Column(m, config.weights_of(m), results.get(config.result_key(image, m)),
+                failures.get(config.model_key(m)))
+        for m in config.models
+    ]  # fmt: skip
+    stems = {col.model: f"{image.label.rsplit('.', 1)[0]}_{col.model}" for col in cols}
+    n = len(cols)
+
+    def row(draw: Callable[[_Column], None]) -> None:
+        for slot, col in zip(st.columns(n, gap="medium"), cols, strict=True):
+            with slot:
+                draw(col)
+
+    slots: dict = {}
+    row(lambda c: _header(c, config, n))
+    row(lambda c: _notices(c, config, image))
+    row(lambda c: _predictions(c, stems[c.model]))
+    row(lambda c: _gradcam_row(c, config, image, settings, mode, stems[c.model], slots))
+    row(_block_picker)
+    _maps_row(cols, settings, mode, stems)
+    row(lambda c: _channels_row(c, sort, stems[c.model]))
+    row(_expanders_row)
+    return slots
 
 
-def _layer_label(record) -> str:
-    return f"{record.block}: {record.layer.removesuffix('.attn').removesuffix('.self_attention')}"
+# --------------------------------------------------------------------------------------------------
+# Below the columns: query points, transformer views, deformable sampling
+# --------------------------------------------------------------------------------------------------
 
 
-def _point_of_click(event) -> tuple[float, float] | None:
-    """The (y, x) pixel of the token clicked in :func:`attnviz.render.query_figure`, or None."""
-    try:
-        points = event.selection.points if event is not None else []
-    except AttributeError:
-        points = []
-    for point in points:
-        custom = point.get("customdata") if isinstance(point, dict) else None
-        if custom is not None and len(custom) == 4:
-            return float(custom[2]), float(custom[3])
-    return None
+def _apply_click(chart_key: str, y_key: str, x_key: str, h: int, w: int) -> None:
+    """``on_select`` callback of a query picker: move the query sliders to the clicked token."""
+    clicked = point_of_click(st.session_state.get(chart_key))
+    if clicked is not None:
+        st.session_state[y_key] = min(max(round(clicked[0]), 0), h - 1)
+        st.session_state[x_key] = min(max(round(clicked[1]), 0), w - 1)
 
 
 def _query_point(
@@ -701,11 +999,13 @@ def _query_point(
 ) -> tuple[float, float]:
     """Draw the clickable query picker and the pixel sliders; return the query pixel (y, x).
 
-    A click on a token (:func:`attnviz.render.query_figure` reports the token's centre) moves the
-    sliders; the sliders also set the point directly (and are what tests drive). ``prefix`` names
-    the widgets' keys (``<prefix>_y``, ``<prefix>_x``), one pair per view.
+    A click on the picture moves the sliders to the token under it (its centre), the first time and
+    every time after: the chart's ``on_select`` callback runs once per click, before the page is
+    drawn again. The sliders also set the point directly. ``prefix`` names the widgets' keys
+    (``<prefix>_y``, ``<prefix>_x``, ``<prefix>_click_<model>``), one set per view.
     """
-    y_key, x_key, seen_key = f"{prefix}_y", f"{prefix}_x", f"{prefix}_seen"
+    y_key, x_key = f"{prefix}_y", f"{prefix}_x"
+    chart_key = f"{prefix}_click_{model}"
     h, w = picture.shape[:2]
     if y_key not in st.session_state:
         st.session_state[y_key] = h // 2
@@ -715,26 +1015,42 @@ def _query_point(
     pick, controls = st.columns([3, 2])
     with pick:
         point = (float(st.session_state[y_key]), float(st.session_state[x_key]))
-        title = "Click a position to query it"
-        fig = render.query_figure(picture, grid, stride, point, title=title)
-        event = st.plotly_chart(
-            _compact(fig, 380), on_select="rerun", selection_mode="points", key=f"{prefix}_click_{model}"
+        fig = render.query_figure(picture, grid, stride, point, title="Click a position to query it")
+        st.plotly_chart(
+            _compact(fig, 420),
+            on_select=functools.partial(_apply_click, chart_key, y_key, x_key, h, w),
+            selection_mode="points",
+            key=chart_key,
         )
-    clicked = _point_of_click(event)
-    if clicked is not None and st.session_state.get(seen_key) != (model, clicked):
-        # A selection persists across reruns: apply each click once, so the sliders stay usable.
-        st.session_state[seen_key] = (model, clicked)
-        st.session_state[y_key] = min(max(round(clicked[0]), 0), h - 1)
-        st.session_state[x_key] = min(max(round(clicked[1]), 0), w - 1)
     with controls:
         st.slider("Query pixel y (row)", 0, h - 1, key=y_key)
         st.slider("Query pixel x (column)", 0, w - 1, key=x_key)
+        st.caption("Click the picture (or move the sliders): the ring marks the query.")
     return float(st.session_state[y_key]), float(st.session_state[x_key])
 
 
-def _heads_tab(rkey: tuple, analysis: attnviz.Analysis, records, index: int, settings: Settings) -> None:
+def _layer_slider(records) -> int:
+    """The transformer layer shown by the views that read one layer (heads, query point)."""
+    if len(records) <= 1:
+        return 0
+    return st.select_slider(
+        "Layer",
+        options=list(range(len(records))),
+        value=len(records) - 1,
+        format_func=lambda i: _layer_label(records[i]),
+        key=f"{VIT_LAYER_KEY}_{len(records)}",
+    )
+
+
+def _grid_tile(heads: int, width: int = 1150) -> int:
+    """Tile size that fits ``heads`` columns in about ``width`` pixels (40-96 px)."""
+    return int(min(96, max(40, (width - 40) // max(heads, 1) - 2)))
+
+
+def _heads_tab(rkey: tuple, analysis: attnviz.Analysis, records, settings: Settings, mode: str) -> None:
     """Layer x head grid of the summary maps, and the chosen layer's fused or single-head map."""
     picture, cmap, alpha = analysis.input_image, settings.cmap, settings.alpha
+    index = _layer_slider(records)
     record = records[index]
     maps = vit.summary_map(record)
     left, right = st.columns(2)
@@ -752,36 +1068,55 @@ def _heads_tab(rkey: tuple, analysis: attnviz.Analysis, records, index: int, set
         head = int(choice.split()[1])
         heat, what = maps[head], choice
     grid = vit.head_grid(records)
-    st.image(
-        render.overlay(picture, heat, cmap=cmap, alpha=alpha),
-        caption=f"Layer {_layer_label(record)}, {what}: {grid.how.split('; ')[0]}",
-        width=420,
-    )
-    png = _cached_png(
-        (*rkey, "head_grid", cmap, alpha),
-        lambda: render.head_grid_image(picture, grid.maps, cmap=cmap, alpha=alpha, tile=64, labels=True),
-    )
+    big, small = st.columns([2, 3])
+    with big:
+        show_map(picture, heat, map_scale(heat, PROBABILITY, mode), cmap, alpha,
+                 f"Layer {_layer_label(record)}, {what}: {grid.how.split('; ')[0]}")  # fmt: skip
+    with small:
+        prefix = vit.prefix_attention(records)
+        if prefix is not None:
+            labels = [str(r.block) for r in records]
+            fig = render.prefix_attention_figure(prefix.names, labels, prefix.values, prefix.grid_mass)
+            fig.update_layout(
+                title="Where the image-level token's attention goes: prefix tokens vs patches",
+                legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 0.0},
+            )
+            fig.update_xaxes(type="category", title_text="layer")
+            st.plotly_chart(_compact(fig, 420, top=60), key=f"compare_vit_prefix_{analysis.model}")
+            if any(n.startswith("reg") for n in prefix.names):
+                st.caption(
+                    "Register tokens absorb attention that would otherwise land on background patches; the "
+                    "maps show the patches only, so register mass is missing from them, not spread."
+                )
+    heads = max(m.shape[0] for m in grid.maps)
+    tile = _grid_tile(heads)
+    scale = map_scale(list(grid.maps), PROBABILITY, mode)
+    shared = None if scale.stretched else scale.value_range
+    title = "attention probability · stretched (each tile to its own min-max)" if shared is None else None
+
+    def draw() -> Image.Image:
+        img = render.head_grid_image(picture, grid.maps, cmap=cmap, alpha=alpha, tile=tile, labels=True,
+                                     value_range=shared)  # fmt: skip
+        return render.with_colorbar(img, scale, cmap=cmap, title=title)
+
+    png = _cached_png((*rkey, "head_grid", cmap, alpha, mode), draw)
+    how = "every tile on one scale" if shared is not None else "each tile stretched to its own min-max"
+    with Image.open(io.BytesIO(png)) as shown:
+        natural = shown.width
     st.image(
         png,
-        caption=f"Every layer (rows L0, L1, ... from the first) × head (columns h0, h1, ...): {grid.how}. "
-        "Each tile is scaled on its own.",
+        caption=md(
+            f"Every layer (rows L0, L1, ... from the first) × head (columns h0, h1, ...): {grid.how}; {how}. "
+            + scale.caption()
+        ),
+        width=min(natural, 1150),
     )
-    prefix = vit.prefix_attention(records)
-    if prefix is not None:
-        labels = [_layer_label(r) for r in records]
-        fig = render.prefix_attention_figure(prefix.names, labels, prefix.values, prefix.grid_mass)
-        fig.update_layout(title="Where the image-level token's attention goes: prefix tokens vs patches")
-        st.plotly_chart(_compact(fig, 340), key=f"compare_vit_prefix_{analysis.model}")
-        if any(n.startswith("reg") for n in prefix.names):
-            st.caption(
-                "Register tokens absorb attention that would otherwise land on background patches; the "
-                "maps above show the patches only, so register mass is missing from them, not spread."
-            )
 
 
-def _query_tab(analysis: attnviz.Analysis, records, index: int, settings: Settings) -> None:
+def _query_tab(analysis: attnviz.Analysis, records, settings: Settings, mode: str) -> None:
     """Where the patch under a chosen pixel attends: per head of the chosen layer, and per layer."""
     picture, cmap, alpha = analysis.input_image, settings.cmap, settings.alpha
+    index = _layer_slider(records)
     record = records[index]
     point = _query_point(analysis.model, record.grid, record.stride, picture)
     qmap = vit.query_map(record, point)
@@ -795,32 +1130,35 @@ def _query_tab(analysis: attnviz.Analysis, records, index: int, settings: Settin
     if float(qmap.padding_mass.max()) > 0:
         extra += f" Attention to padding outside the map: {float(qmap.padding_mass.mean()):.1%}."
     st.markdown(
-        f"**Query token ({row}, {col})** of layer {_layer_label(record)} at pixel "
-        f"({point[0]:.0f}, {point[1]:.0f}).{extra}"
+        f"**Query token ({row}, {col})** of layer {md(_layer_label(record))} at pixel "
+        f"({point[0]:.0f}, {point[1]:.0f}).{md(extra)}"
     )
-    heads = [
-        render.overlay(marked, qmap.values[h], cmap=cmap, alpha=alpha) for h in range(qmap.values.shape[0])
-    ]
+    heads = [vit.fuse_heads(qmap.values, "mean"), *qmap.values]
+    scale = map_scale(heads, PROBABILITY, mode)
     st.image(
-        [render.overlay(marked, vit.fuse_heads(qmap.values, "mean"), cmap=cmap, alpha=alpha), *heads],
-        caption=["mean of heads", *(f"head {h}" for h in range(len(heads)))],
+        [map_picture(marked, h, scale, cmap, alpha, min_width=224) for h in heads],
+        caption=["mean of heads", *(f"head {h}" for h in range(len(heads) - 1))],
+        width=190,
+    )
+    st.caption(md(f"This layer's heads, one scale: {scale.caption()}"))
+    per_layer = [vit.fuse_heads(vit.query_map(r, point).values, "mean") for r in records]
+    layer_scale = map_scale(per_layer, PROBABILITY, mode)
+    st.image(
+        [map_picture(marked, m, layer_scale, cmap, alpha, min_width=224) for m in per_layer],
+        caption=[f"layer {_layer_label(r)}" for r in records],
         width=150,
     )
-    st.caption("The same point queried in every layer (mean over heads):")
-    per_layer, captions = [], []
-    for r in records:
-        q = vit.query_map(r, point)
-        per_layer.append(render.overlay(marked, vit.fuse_heads(q.values, "mean"), cmap=cmap, alpha=alpha))
-        captions.append(f"layer {_layer_label(r)}, token {q.query}")
-    st.image(per_layer, caption=captions, width=110)
+    st.caption(
+        md(f"The same point queried in every layer (mean over heads), one scale: {layer_scale.caption()}")
+    )
 
 
-def _rollout_tab(analysis: attnviz.Analysis, records, settings: Settings) -> None:
+def _rollout_tab(analysis: attnviz.Analysis, records, settings: Settings, mode: str) -> None:
     """Attention rollout with its options, or why it does not apply."""
     try:
         vit.rollout(records)
     except ValueError as err:
-        st.info(f"Rollout does not apply to {analysis.model}: {err}", icon=":material/info:")
+        st.info(md(f"Rollout does not apply to {analysis.model}: {err}"), icon=":material/info:")
         return
     left, right = st.columns(2)
     with left:
@@ -832,22 +1170,27 @@ def _rollout_tab(analysis: attnviz.Analysis, records, settings: Settings) -> Non
             "tokens are never discarded.",
         )  # fmt: skip
     roll = vit.rollout(records, head_fusion=fusion, discard_ratio=discard)
-    shares = ", ".join(f"{n} {v:.1%}" for n, v in zip(roll.prefix_names, roll.prefix_mass, strict=True))
-    st.image(
-        render.overlay(analysis.input_image, roll.values, cmap=settings.cmap, alpha=settings.alpha),
-        caption=f"Rollout through {len(roll.layers)} layers: {roll.how}",
-        width=420,
+    st.latex(
+        r"\hat A_l = \mathrm{rownorm}\left(0.5\,A_l + 0.5\,I\right),"
+        r"\qquad R = \hat A_L \cdots \hat A_2\,\hat A_1"
     )
-    if shares:
-        st.caption(f"Mass of the read row on the prefix tokens: {shares}.")
+    big, text = st.columns([2, 3])
+    with big:
+        show_map(analysis.input_image, roll.values, map_scale(roll.values, ROLLOUT, mode), settings.cmap,
+                 settings.alpha, f"Rollout through {len(roll.layers)} layers")  # fmt: skip
+    with text:
+        st.markdown(md(f"How: {roll.how}."))
+        shares = ", ".join(f"{n} {v:.1%}" for n, v in zip(roll.prefix_names, roll.prefix_mass, strict=True))
+        if shares:
+            st.caption(md(f"Mass of the read row on the prefix tokens: {shares}."))
 
 
 def _stats_tab(analysis: attnviz.Analysis, records) -> None:
     """Per-head mean attention distance and entropy by layer."""
     stats = vit.head_statistics(records)
     fig = render.head_stats_figure([_layer_label(r) for r in records], stats.distance, stats.entropy)
-    st.plotly_chart(_compact(fig, 520), key=f"compare_vit_stats_{analysis.model}")
-    st.caption(stats.how)
+    st.plotly_chart(_compact(fig, 560, top=60), key=f"compare_vit_stats_{analysis.model}")
+    st.caption(md(stats.how))
 
 
 def _section(title: str, models: list[str], key: str) -> str | None:
@@ -861,7 +1204,7 @@ def _section(title: str, models: list[str], key: str) -> str | None:
     return st.segmented_control("Model", models, default=models[0], key=key) or models[0]
 
 
-def _deformable_views(analyses: dict, settings: Settings) -> None:
+def _deformable_views(analyses: dict, settings: Settings, mode: str) -> None:
     """Below the columns: where the deformable modules sample, per query, and their offset fields."""
     with_points = [m for m, a in analyses.items() if a is not None and a.sampling_points]
     model = _section("Deformable sampling: where each query looks", with_points, DEFORM_MODEL_KEY)
@@ -882,68 +1225,74 @@ def _deformable_views(analyses: dict, settings: Settings) -> None:
         )
     record = records[index]
     detections = analysis.detections
-    if record.points.shape[0] == 1:
-        query = 0
-        st.caption(
-            f"{record.layer}: every query shares these {record.points.shape[2]} sampled keys per "
-            f"{record.group_name} (deformable attention samples once per group, then every query attends "
-            "to the samples)."
-        )
-    elif record.query_grid is None and record.query_points is not None and not record.levels:
-        query = 0
-    elif record.kind == "detr_decoder" and detections is not None and len(detections.labels):
-        options = list(range(len(detections.labels)))
-        pick = st.selectbox(
-            "Detected object",
-            options,
-            format_func=lambda k: (
-                f"{detections.labels[k]} ({detections.scores[k]:.0%}), query {int(detections.query_index[k])}"
-            ),
-            key=DEFORM_OBJECT_KEY,
-        )
-        query = int(detections.query_index[pick])
-    else:
-        grid = record.query_grid or (record.levels[0] if record.levels else (1, 1))
-        stride = (hw[0] / grid[0], hw[1] / grid[1])
-        point = _query_point(model, grid, stride, picture, prefix="compare_deform")
-        query = sampling.nearest_query(record, point, hw)
+    multi = len(record.levels) > 1
+    picker = record.points.shape[0] > 1 and not (record.kind == "detr_decoder" and detections is not None)
+    left, right = st.columns([2, 3]) if picker and not multi else (st.container(), st.container())
+    with left:
+        if record.points.shape[0] == 1:
+            query = 0
+            st.caption(
+                f"{record.layer}: every query shares these {record.points.shape[2]} sampled keys per "
+                f"{record.group_name} (deformable attention samples once per group, then every query attends "
+                "to the samples)."
+            )
+        elif record.query_grid is None and record.query_points is not None and not record.levels:
+            query = 0
+        elif record.kind == "detr_decoder" and detections is not None and len(detections.labels):
+            options = list(range(len(detections.labels)))
+            pick = st.selectbox(
+                "Detected object",
+                options,
+                format_func=lambda k: (
+                    f"{detections.labels[k]} ({detections.scores[k]:.0%}), "
+                    f"query {int(detections.query_index[k])}"
+                ),
+                key=DEFORM_OBJECT_KEY,
+            )
+            query = int(detections.query_index[pick])
+        else:
+            grid = record.query_grid or (record.levels[0] if record.levels else (1, 1))
+            stride = (hw[0] / grid[0], hw[1] / grid[1])
+            point = _query_point(model, grid, stride, picture, prefix="compare_deform")
+            query = sampling.nearest_query(record, point, hw)
     samples = sampling.query_samples(record, query, hw)
     where = (
         ""
         if samples.query_point is None
         else (f" at pixel ({samples.query_point[0]:.0f}, {samples.query_point[1]:.0f})")
     )
-    st.markdown(f"**Query {query}**{where} of `{record.layer}`: {record.points.shape[1]} "
-                f"{record.group_name}s × {record.points.shape[2]} points")  # fmt: skip
-    height = 420 if len(samples.levels) <= 1 else 330
-    st.plotly_chart(
-        _compact(render.sampling_figure(picture, samples), height), key=f"compare_deform_points_{model}"
-    )
-    st.caption(
-        "Coloured by "
-        + record.group_name
-        + "; marker size is the point's "
-        + ("weight" if record.weights is not None else "(unweighted) position")
-        + "; thin lines join each point to its reference (the learned offset); "
-        + "✕ reference points, ★ the query."
-    )
+    with right:
+        st.markdown(f"**Query {query}**{where} of `{record.layer}`: {record.points.shape[1]} "
+                    f"{record.group_name}s × {record.points.shape[2]} points")  # fmt: skip
+        height = 380 if multi else (600 if picker else 720)
+        st.plotly_chart(
+            _compact(render.sampling_figure(picture, samples), height), key=f"compare_deform_points_{model}"
+        )
+        st.caption(
+            "Coloured by "
+            + record.group_name
+            + "; marker size is the point's "
+            + ("weight" if record.weights is not None else "(unweighted) position")
+            + "; thin lines join each point to its reference (the learned offset); "
+            + "✕ reference points, ★ the query."
+        )
     field = sampling.offset_field(record, hw)
     if field is not None:
         left, right = st.columns(2)
         with left:
-            st.image(
-                render.overlay(picture, field.magnitude, cmap=settings.cmap, alpha=settings.alpha),
-                caption=f"Offset length ({field.grid[0]}x{field.grid[1]}): {field.how.split(';')[0]}",
-                width="stretch",
-            )
+            scale = map_scale(field.magnitude, OFFSET_LENGTH, mode)
+            what = f"Offset length ({field.grid[0]}x{field.grid[1]}): {field.how.split(';')[0]}"
+            show_map(picture, field.magnitude, scale, settings.cmap, settings.alpha, what)
         with right:
             st.plotly_chart(
-                _compact(render.offset_field_figure(picture, field, title="Offset field"), 380),
+                _compact(render.offset_field_figure(picture, field, title="Offset field"), 520),
                 key=f"compare_deform_field_{model}",
             )
 
 
-def _transformer_views(config: RunConfig, image: ImageRef, analyses: dict, settings: Settings) -> None:
+def _transformer_views(
+    config: RunConfig, image: ImageRef, analyses: dict, settings: Settings, mode: str
+) -> None:
     """Below the columns: every layer and head of the transformers' self-attention."""
     with_attention = [m for m, a in analyses.items() if a is not None and vit.self_attention_records(a)]
     model = _section("Self-attention: layers, heads, query points, rollout", with_attention, VIT_MODEL_KEY)
@@ -951,71 +1300,49 @@ def _transformer_views(config: RunConfig, image: ImageRef, analyses: dict, setti
         return
     analysis = analyses[model]
     records = vit.self_attention_records(analysis)
-    index = 0
-    if len(records) > 1:
-        index = st.select_slider(
-            "Layer",
-            options=list(range(len(records))),
-            value=len(records) - 1,
-            format_func=lambda i: _layer_label(records[i]),
-            key=f"{VIT_LAYER_KEY}_{len(records)}",
-        )
     rkey = config.result_key(image, model)
     # Only the open tab is computed (the tabs rerun the page when switched).
     heads, query, roll, stats = st.tabs(VIT_VIEWS, key=VIT_VIEW_KEY, on_change="rerun")
     if heads.open:
         with heads:
-            _heads_tab(rkey, analysis, records, index, settings)
+            _heads_tab(rkey, analysis, records, settings, mode)
     if query.open:
         with query:
-            _query_tab(analysis, records, index, settings)
+            _query_tab(analysis, records, settings, mode)
     if roll.open:
         with roll:
-            _rollout_tab(analysis, records, settings)
+            _rollout_tab(analysis, records, settings, mode)
     if stats.open:
         with stats:
             _stats_tab(analysis, records)
 
 
 def _results(config: RunConfig, settings: Settings) -> None:
-    """Draw the last run's results: image picker, shared controls, one column per model, the ZIP."""
+    """Draw the last run's results: image picker, page controls, one column per model, the ZIP."""
     results: dict = store(RESULTS_KEY)
-    failures: dict = store(FAILURES_KEY)
     if not config.images or not config.models:
         return
     by_key = {ref.key: ref for ref in config.images}
-    if len(config.images) > 1:
-        picked = st.selectbox("Image", list(by_key), format_func=lambda key: by_key[key].label, key=IMAGE_KEY)
-        image = by_key.get(picked, config.images[0])
-    else:
-        image = config.images[0]
-    analyses = {m: results.get(config.result_key(image, m)) for m in config.models}
-    counts = {m: len(a.blocks) if a is not None else 0 for m, a in analyses.items()}
-
-    left, right = st.columns([4, 1], vertical_alignment="bottom")
+    left, middle, right = st.columns([3, 2, 1], vertical_alignment="bottom")
     with left:
-        positions = _block_selector(counts)
+        if len(config.images) > 1:
+            picked = st.selectbox(
+                "Image", list(by_key), format_func=lambda key: by_key[key].label, key=IMAGE_KEY
+            )
+            image = by_key.get(picked, config.images[0])
+        else:
+            image = config.images[0]
+            st.markdown(f"**Image**: {md(image.label)}")
+    with middle:
+        mode = scale_control(SCALE_KEY)
     with right:
         sort = st.toggle("Sort channels", key=SORT_KEY, help="Order the channel bars by weight.")
 
-    slots: dict = {}
-    for col, model in zip(st.columns(len(config.models)), config.models, strict=True):
-        with col:
-            _column(
-                model,
-                analyses[model],
-                failures.get(config.model_key(model)),
-                config,
-                image,
-                positions.get(model),
-                settings,
-                sort,
-                slots,
-            )
-    _add_gradcams(config, image, slots, settings)
-
-    _transformer_views(config, image, analyses, settings)
-    _deformable_views(analyses, settings)
+    slots = _columns(config, image, settings, mode, sort)
+    _add_gradcams(config, image, slots, settings, mode)
+    analyses = {m: results.get(config.result_key(image, m)) for m in config.models}
+    _transformer_views(config, image, analyses, settings, mode)
+    _deformable_views(analyses, settings, mode)
 
     items = [
         (ref.label, results[config.result_key(ref, m)])
@@ -1027,13 +1354,14 @@ def _results(config: RunConfig, settings: Settings) -> None:
         st.divider()
         _download(
             f"Download everything (ZIP, {len(items)} result(s))",
-            functools.partial(bundle_zip, items, settings.cmap, settings.alpha),
+            functools.partial(bundle_zip, items, settings.cmap, settings.alpha, mode),
             "attnviz_results.zip",
             "application/zip",
             "compare_dl_zip",
         )
         st.caption(
-            "Overlays, channel weights (CSV), charts (HTML, offline) and summary.json for every result."
+            "Overlays with their colour bars, channel weights (CSV), charts (HTML, offline) and summary.json "
+            f"for every result; the overlays use the {mode} scale, each map on its own."
         )
 
 
@@ -1042,42 +1370,54 @@ def _results(config: RunConfig, settings: Settings) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _model_controls(refs: list[ImageRef]) -> tuple[list[str], list[str], bool]:
+    """The grouped model picker, the random-weights override, what each model will run with, and
+    the Run button; returns (models, random, run)."""
+    st.markdown(f"**Models** (up to {MAX_MODELS}, in the order picked)")
+    models = model_picker(PREFIX, DEFAULT_MODELS)
+    random = random_override(PREFIX, models) if models else []
+    if models:
+        plans = [weights_plan(m, random) for m in models]
+        st.caption("  \n".join(f"{md(p.model)}: {md(p.why)}" for p in plans))
+    downloaded = st.session_state.pop(DOWNLOADED_KEY, None)
+    if downloaded:
+        st.success(
+            f"The pretrained weights of {downloaded} are ready: press Run to use them.",
+            icon=":material/check:",
+        )
+    run = st.button(
+        "Run",
+        type="primary",
+        key=RUN_KEY,
+        icon=":material/play_arrow:",
+        disabled=not (refs and models),
+        help="Analyse the chosen images with the chosen models.",
+    )
+    return models, random, run
+
+
 def main() -> None:
     """Draw the page."""
     st.title("Compare attention")
     st.caption(
         "What do the attention modules look at? Choose images and up to four models, then press Run. "
-        "Grad-CAM is the baseline; the block maps come from the models' own attention modules."
+        "Grad-CAM is the baseline; the block maps come from the models' own attention modules, each with "
+        "its colour bar."
     )
     settings = read_settings()
-    names = [spec.name for spec in attnviz.list_models()]
-    inputs, controls = st.columns([3, 2])
+    inputs, controls = st.columns([1, 1], gap="large")
     with inputs:
         refs, decoded = _image_inputs()
     with controls:
-        models = st.multiselect(
-            "Models",
-            names,
-            default=[m for m in DEFAULT_MODELS if m in names],
-            max_selections=MAX_MODELS,
-            key=MODELS_KEY,
-            help=f"Up to {MAX_MODELS}; the Models page lists what each one has.",
-        )
-        run = st.button(
-            "Run",
-            type="primary",
-            key=RUN_KEY,
-            icon=":material/play_arrow:",
-            disabled=not (refs and models),
-            help="Analyse the chosen images with the chosen models.",
-        )
+        models, random, run = _model_controls(refs)
 
     try:
         device = str(attnviz.resolve_device(settings.device))
     except attnviz.DeviceError as err:
         st.error(str(err))
         return
-    current = RunConfig(tuple(refs), tuple(models), settings.weights, device)
+    weights = tuple(weights_plan(m, random).weights for m in models)
+    current = RunConfig(tuple(refs), tuple(models), weights, device)
     if run:
         _run(current, decoded)
         st.session_state[LAST_RUN_KEY] = current

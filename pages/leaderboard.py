@@ -1,9 +1,8 @@
 """Leaderboard page: how well each zoo model's attention finds the object, from the zoo's model cards.
 
 The numbers are read from the JSON cards next to the committed weights (``assets/zoo/zoo_<kind>.json``,
-written by ``python -m attnviz zoo train``): nothing runs here, and the sidebar's weights setting
-does not apply. One row per model and attention map; the filters and the charts are pure functions
-of the cards.
+written by ``python -m attnviz zoo train``): nothing runs here. One row per model and attention map;
+the filters and the charts are pure functions of the cards.
 """
 
 from __future__ import annotations
@@ -155,7 +154,7 @@ def main() -> None:
     st.title("Leaderboard")
     st.caption(
         "Does each zoo model's attention land on the object? Scores on held-out generated scenes, read "
-        "from the model cards of the committed weights (the sidebar's weights setting does not apply)."
+        "from the model cards of the committed weights."
     )
     st.markdown(_METRICS)
     cards = read_cards()

@@ -17,26 +17,33 @@ import logging
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
+from PIL import Image
 
 import attnviz
 from attnviz import render
 from attnviz.maps import attention_maps
+from attnviz.scales import MapScale, shared_scales
 from attnviz.scenes import Scene, SceneParams, draw_box, make_scene
 from attnviz.teach import INSERTION_PATTERNS, MODULE_GUIDE, ModuleGuide, flops_text, module_cost
-from attnviz.zoo import INPUT_SIZE
+from attnviz.zoo import INPUT_SIZE, best_block
 from ui import cached_model, require_app, store
 from ui import settings as read_settings
+from ui.maps import error_parts, error_with_details, md, scale_control
 
 log = logging.getLogger("attnviz.app.modules")
 
 CHANNELS_KEY = "modules_channels"
+SCALE_KEY = "modules_scale"
 SIDE_KEY = "modules_side"
 RESULTS_KEY = "modules_results"
 FAILURES_KEY = "modules_failures"
 
 # Seed of each kind's example scene: fixed, so that the page always shows the same scenes.
 SCENE_SEED_BASE = 20
-DISPLAY_SCALE = 3
+DISPLAY_SCALE = 5
+
+# The live examples run the zoo's own trained weights.
+WEIGHTS = "pretrained"
 BOX_COLOUR = (255, 255, 255)
 
 _UNEXPECTED = "{model} failed unexpectedly; the details are in the server log."
@@ -62,13 +69,23 @@ def _box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
 
 
 def boxed(
-    image: np.ndarray, box: tuple[int, int, int, int], heat: np.ndarray | None, cmap: str, alpha: float
+    image: np.ndarray,
+    box: tuple[int, int, int, int],
+    heat: np.ndarray | None,
+    cmap: str,
+    alpha: float,
+    scale: MapScale | None = None,
 ) -> np.ndarray:
-    """The image enlarged (nearest neighbour), optionally overlaid with ``heat``, with the true box."""
+    """The image enlarged (nearest neighbour), optionally overlaid with ``heat`` on ``scale`` (with its
+    colour bar underneath), with the true box."""
     big = _enlarge(image)
     if heat is not None:
-        big = np.asarray(render.overlay(big, heat, cmap=cmap, alpha=alpha))
-    return draw_box(big, _box(box), BOX_COLOUR, width=2)
+        value_range = scale.value_range if scale is not None else None
+        big = np.asarray(render.overlay(big, heat, cmap=cmap, alpha=alpha, value_range=value_range))
+    boxed_image = draw_box(big, _box(box), BOX_COLOUR, width=2)
+    if heat is None or scale is None:
+        return boxed_image
+    return np.asarray(render.with_colorbar(Image.fromarray(boxed_image), scale, cmap=cmap))
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -104,42 +121,41 @@ def cost_rows(kinds: list[str], channels: int, side: int) -> tuple[list[dict[str
 # --------------------------------------------------------------------------------------------------
 
 
-def _example(guide: ModuleGuide, weights: str, device: str) -> tuple[attnviz.Analysis | None, str | None]:
-    """The zoo model's analysis of the kind's scene (stored per session), or a failure message."""
+def _example(guide: ModuleGuide, device: str) -> tuple[attnviz.Analysis | None, tuple | None]:
+    """The zoo model's analysis of the kind's scene (stored per session), or (message, details)."""
     results: dict = store(RESULTS_KEY)
     failures: dict = store(FAILURES_KEY)
-    key = (guide.zoo_model, weights, device)
+    key = (guide.zoo_model, WEIGHTS, device)
     if key not in results:
         try:
-            loaded = cached_model(guide.zoo_model, weights, device)
+            loaded = cached_model(guide.zoo_model, WEIGHTS, device)
             [results[key]] = attnviz.analyze(loaded, [example_scene(guide.kind).image])
             failures.pop(key, None)
         except attnviz.AttnvizError as err:
             log.warning("%s could not run: %s", guide.zoo_model, err)
-            failures[key] = str(err)
+            failures[key] = error_parts(err)
         except Exception:
             log.exception("the live example of %s failed", guide.zoo_model)
-            failures[key] = _UNEXPECTED.format(model=guide.zoo_model)
+            failures[key] = (_UNEXPECTED.format(model=guide.zoo_model), ())
     return results.get(key), failures.get(key)
 
 
-def _live(guide: ModuleGuide, weights: str, device: str, cmap: str, alpha: float) -> None:
-    """The zoo model on the kind's fixed scene: prediction, last block's map(s), Grad-CAM."""
-    st.markdown(f"**Live: `{guide.zoo_model}` ({weights} weights) on a generated scene**")
+def _live(guide: ModuleGuide, device: str, cmap: str, alpha: float, mode: str) -> None:
+    """The zoo model on the kind's fixed scene: prediction, its best block's map(s), Grad-CAM."""
+    st.markdown(f"**Live: `{guide.zoo_model}` (trained weights) on a generated scene**")
     scene = example_scene(guide.kind)
-    analysis, failure = _example(guide, weights, device)
+    analysis, failure = _example(guide, device)
     if analysis is None:
-        st.error(failure or f"{guide.zoo_model} produced no result.", icon=":material/error:")
-        if weights == "pretrained":
-            st.info(
-                "Switch **Weights** in the sidebar to **random** to run the untrained architecture.",
-                icon=":material/lightbulb:",
-            )
+        summary, details = failure or (f"{guide.zoo_model} produced no result.", ())
+        error_with_details(summary, details)
         return
     maps = attention_maps(analysis)
     attention = [m for m in maps if m.block >= 0]
-    last = max((m.block for m in attention), default=None)
-    shown = [m for m in attention if m.block == last] + [m for m in maps if m.block < 0]
+    best = best_block(guide.kind)
+    blocks = {m.block for m in attention}
+    chosen = best.block if best is not None and best.block in blocks else max(blocks, default=None)
+    shown = [m for m in attention if m.block == chosen] + [m for m in maps if m.block < 0]
+    scales = shared_scales({(m.block, m.layer): (m.values, m.quantity) for m in shown}, mode)
     channel = [cw for cw in analysis.channel_weights if cw.block == max(analysis.blocks, default=-1)]
     panels = 1 + len(shown) + (1 if not attention and channel else 0)
     columns = st.columns(max(panels, 4))
@@ -158,9 +174,12 @@ def _live(guide: ModuleGuide, weights: str, device: str, cmap: str, alpha: float
         position += 1
     for amap in shown:
         with columns[position]:
-            st.image(boxed(analysis.input_image, scene.box, amap.values, cmap, alpha), width="stretch")
-            st.caption(f"{amap.label}: {amap.how}")
+            scale = scales[(amap.block, amap.layer)]
+            st.image(boxed(analysis.input_image, scene.box, amap.values, cmap, alpha, scale), width="stretch")
+            st.caption(md(f"{amap.label}: {amap.how} · {scale.caption(amap.values)}"))
         position += 1
+    if best is not None and chosen == best.block:
+        st.caption(md(f"Shown: {best.text} (the model card)."))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,9 +187,9 @@ def _live(guide: ModuleGuide, weights: str, device: str, cmap: str, alpha: float
 # --------------------------------------------------------------------------------------------------
 
 
-def _tab(guide: ModuleGuide, channels: int, side: int, settings: tuple[str, str, str, float]) -> None:
+def _tab(guide: ModuleGuide, channels: int, side: int, settings: tuple[str, str, float, str]) -> None:
     """One module's tab."""
-    device, weights, cmap, alpha = settings
+    device, cmap, alpha, mode = settings
     st.subheader(guide.title)
     paper = guide.paper
     st.markdown(f"Paper: [{paper.title}]({paper.link}) ({paper.year}) · zoo model: `{guide.zoo_model}`")
@@ -195,7 +214,7 @@ def _tab(guide: ModuleGuide, channels: int, side: int, settings: tuple[str, str,
                     "FLOPs per position": [f"{row['FLOPs per position']:,.0f}"],
                 }
             )
-    _live(guide, weights, device, cmap, alpha)
+    _live(guide, device, cmap, alpha, mode)
 
 
 def _cost_comparison(channels: int, side: int) -> None:
@@ -250,8 +269,10 @@ def main() -> None:
     except attnviz.DeviceError as err:
         st.error(str(err))
         return
-    settings = (device, sidebar.weights, sidebar.cmap, sidebar.alpha)
-    left, right, _ = st.columns([1, 1, 2])
+    left, right, scale_column = st.columns([1, 1, 2], vertical_alignment="bottom")
+    with scale_column:
+        mode = scale_control(SCALE_KEY)
+    settings = (device, sidebar.cmap, sidebar.alpha, mode)
     with left:
         channels = int(
             st.number_input(

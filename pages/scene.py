@@ -6,14 +6,18 @@ How it works:
   size (96 px), so the image the models see is the scene itself and the true box needs no
   rescaling. Every change reruns the page: the zoo models are small, so all of them run at once
   (no Run button).
-- Models come from :func:`ui.cached_model`, an ``st.cache_resource`` shared by every session and keyed
-  by ``(name, weights, device)``; :func:`attnviz.analyze` holds the model's lock while it runs.
+- The zoo models always run their own trained weights (``assets/zoo/``): the scenes are what they
+  were trained on. Models come from :func:`ui.cached_model`, an ``st.cache_resource`` shared by
+  every session and keyed by ``(name, weights, device)``; :func:`attnviz.analyze` holds the model's
+  lock while it runs.
 - Results are :class:`attnviz.Analysis` records in ``st.session_state["scene_results"]``, keyed by
-  ``(model, weights, device, scene)``, so moving the block choice or the overlay settings only
-  re-renders. Models that cannot load keep their message in ``scene_failures``.
-- Each overlay carries the true box and its localisation on this one scene
+  ``(model, device, scene)``, so moving the block choice, the colour scale or the overlay settings
+  only re-renders. Models that cannot load keep their message in ``scene_failures``.
+- Each overlay carries the true box, its colour bar (maps of one quantity share one scale across
+  the models, :mod:`attnviz.scales`) and its localisation on this one scene
   (:func:`attnviz.localization.score_maps` with n = 1): the energy in the box, its ratio to the
   box's share of the image, and whether the map's maximum falls inside the box (pointing game).
+  Each model opens on its best block according to its card.
 """
 
 from __future__ import annotations
@@ -22,15 +26,18 @@ import logging
 
 import numpy as np
 import streamlit as st
+from PIL import Image
 
 import attnviz
 from attnviz import render
 from attnviz.localization import score_maps
 from attnviz.maps import AttentionMap, attention_maps
+from attnviz.scales import MapScale, shared_scales
 from attnviz.scenes import CLASSES, Scene, SceneParams, draw_box, make_scene
-from attnviz.zoo import INPUT_SIZE, ZOO_KINDS, zoo_name
+from attnviz.zoo import INPUT_SIZE, ZOO_KINDS, best_block, zoo_name
 from ui import Settings, cached_model, require_app, store
 from ui import settings as read_settings
+from ui.maps import error_parts, error_with_details, md, scale_control
 
 log = logging.getLogger("attnviz.app.scene")
 
@@ -38,8 +45,8 @@ log = logging.getLogger("attnviz.app.scene")
 PER_ROW = 4
 
 # The scene is drawn at the zoo's input size and shown this many times larger (nearest neighbour:
-# the pixels the models saw, not a smoothed version).
-DISPLAY_SCALE = 3
+# the pixels the models saw, not a smoothed version): 480 px, so that the colour bars stay readable.
+DISPLAY_SCALE = 5
 
 # White outline of the true box: it stays visible over every colormap offered in the sidebar.
 BOX_COLOUR = (255, 255, 255)
@@ -47,7 +54,10 @@ BOX_COLOUR = (255, 255, 255)
 # Analyses kept per session (11 models per scene).
 MAX_STORED = 132
 
-BLOCK_CHOICES = ("last", "first", "all")
+BLOCK_CHOICES = ("best", "first", "last", "all")
+
+# The zoo's own trained weights: the scenes are what these models were trained on.
+WEIGHTS = "pretrained"
 
 CLASS_KEY = "scene_class"
 X_KEY = "scene_x"
@@ -58,14 +68,11 @@ ROTATION_KEY = "scene_rotation"
 SEED_KEY = "scene_seed"
 BLOCKS_KEY = "scene_blocks"
 GRADCAM_KEY = "scene_gradcam"
+SCALE_KEY = "scene_scale"
 RESULTS_KEY = "scene_results"
 FAILURES_KEY = "scene_failures"
 
 _UNEXPECTED = "{model} failed unexpectedly; the details are in the server log."
-_WEIGHTS_HINT = (
-    "Some zoo models have no committed weights on this machine yet. Switch **Weights** in the sidebar "
-    "to **random** to see the untrained architectures, or train the zoo: `python -m attnviz zoo train`."
-)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,18 +86,23 @@ def scene_key(scene: Scene) -> tuple:
     return (scene.seed, p.size, p.label, p.center, p.scale, p.clutter, p.rotation, p.colour)
 
 
-def pick_maps(maps: list[AttentionMap], which: str, gradcam: bool) -> list[AttentionMap]:
-    """The maps to show: the first, the last or all attention blocks, then Grad-CAM when asked.
+def pick_maps(
+    maps: list[AttentionMap], which: str, gradcam: bool, best: int | None = None
+) -> list[AttentionMap]:
+    """The maps to show: the best, the first, the last or all attention blocks, then Grad-CAM when asked.
 
     Args:
         maps: ``attention_maps(analysis)`` (forward order, Grad-CAM last).
-        which: ``"first"``, ``"last"`` or ``"all"``.
+        which: ``"best"``, ``"first"``, ``"last"`` or ``"all"``.
         gradcam: append the Grad-CAM map(s).
+        best: the block the model's card says localises best (``"best"`` falls back to the last
+            block without one).
     """
     attention = [m for m in maps if m.block >= 0]
     blocks = sorted({m.block for m in attention})
     if blocks and which != "all":
-        chosen = blocks[0] if which == "first" else blocks[-1]
+        ends = {"first": blocks[0], "last": blocks[-1]}
+        chosen = best if which == "best" and best in blocks else ends.get(which, blocks[-1])
         attention = [m for m in attention if m.block == chosen]
     cams = [m for m in maps if m.block < 0] if gradcam else []
     return attention + cams
@@ -113,11 +125,21 @@ def boxed_scene(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray
 
 
 def boxed_overlay(
-    image: np.ndarray, heat: np.ndarray, box: tuple[int, int, int, int], cmap: str, alpha: float
+    image: np.ndarray,
+    heat: np.ndarray,
+    box: tuple[int, int, int, int],
+    cmap: str,
+    alpha: float,
+    scale: MapScale | None = None,
 ) -> np.ndarray:
-    """A heat-map overlay on the enlarged image, with the true box drawn on top."""
-    over = np.asarray(render.overlay(enlarge(image), heat, cmap=cmap, alpha=alpha))
-    return draw_box(over, scale_box(box, DISPLAY_SCALE), BOX_COLOUR, width=2)
+    """A heat-map overlay on the enlarged image, with the true box drawn on top, and the colour bar
+    of ``scale`` underneath (without one: the map stretched to its own min-max, no bar)."""
+    value_range = scale.value_range if scale is not None else None
+    over = np.asarray(render.overlay(enlarge(image), heat, cmap=cmap, alpha=alpha, value_range=value_range))
+    boxed = draw_box(over, scale_box(box, DISPLAY_SCALE), BOX_COLOUR, width=2)
+    if scale is None:
+        return boxed
+    return np.asarray(render.with_colorbar(Image.fromarray(boxed), scale, cmap=cmap))
 
 
 def map_caption(amap: AttentionMap, box: tuple[int, int, int, int], size: tuple[int, int]) -> str:
@@ -137,31 +159,31 @@ def map_caption(amap: AttentionMap, box: tuple[int, int, int, int], size: tuple[
 # --------------------------------------------------------------------------------------------------
 
 
-def _run_all(models: list[str], scene: Scene, settings: Settings, device: str) -> None:
+def _run_all(models: list[str], scene: Scene, device: str) -> None:
     """Analyse ``scene`` with every model that has no stored result for it yet."""
     results: dict = store(RESULTS_KEY)
     failures: dict = store(FAILURES_KEY)
     key = scene_key(scene)
-    todo = [m for m in models if (m, settings.weights, device, key) not in results]
+    todo = [m for m in models if (m, device, key) not in results]
     if not todo:
         return
     with st.spinner(f"Running {len(todo)} zoo model(s) on the scene"):
         for model in todo:
             try:
-                loaded = cached_model(model, settings.weights, device)
+                loaded = cached_model(model, WEIGHTS, device)
                 [analysis] = attnviz.analyze(loaded, [scene.image])
             except attnviz.AttnvizError as err:
                 log.warning("%s could not run: %s", model, err)
-                failures[(model, settings.weights, device)] = str(err)
+                failures[(model, device)] = error_parts(err)
                 continue
             except Exception:
                 log.exception("analysing the scene with %s failed", model)
-                failures[(model, settings.weights, device)] = _UNEXPECTED.format(model=model)
+                failures[(model, device)] = (_UNEXPECTED.format(model=model), ())
                 continue
-            failures.pop((model, settings.weights, device), None)
-            results[(model, settings.weights, device, key)] = analysis
+            failures.pop((model, device), None)
+            results[(model, device, key)] = analysis
     for old in list(results)[: max(0, len(results) - MAX_STORED)]:
-        if old[3] != key:
+        if old[2] != key:
             del results[old]
 
 
@@ -224,12 +246,13 @@ def _no_map_text(model: str) -> str:
     return "No spatial attention map: this model's attention weighs channels only."
 
 
-def _header(model: str, analysis: attnviz.Analysis | None, failure: str | None, scene: Scene) -> None:
+def _header(model: str, analysis: attnviz.Analysis | None, failure: tuple | None, scene: Scene) -> None:
     """A model's name (its description as help), its prediction, or why it has no result."""
     kind = model.removeprefix("zoo_")
     st.subheader(model, help=ZOO_KINDS.get(kind))
     if analysis is None:
-        st.error(failure or f"{model} produced no result.", icon=":material/error:")
+        summary, details = failure or (f"{model} produced no result.", ())
+        error_with_details(summary, details)
         return
     top = analysis.top5[0]
     if top.index == scene.label:
@@ -240,25 +263,54 @@ def _header(model: str, analysis: attnviz.Analysis | None, failure: str | None, 
         )
 
 
-def _maps(analysis: attnviz.Analysis, maps: list[AttentionMap], scene: Scene, settings: Settings) -> None:
-    """Overlays of ``maps`` on what the model saw, each with the true box and its scores."""
+def _maps(
+    analysis: attnviz.Analysis,
+    maps: list[AttentionMap],
+    scene: Scene,
+    settings: Settings,
+    scales: dict[tuple[str, int, str], MapScale],
+) -> None:
+    """Overlays of ``maps`` on what the model saw, each with the true box, its colour bar and scores."""
     size = analysis.input_image.shape[:2]
     for amap in maps:
+        scale = scales[(analysis.model, amap.block, amap.layer)]
         st.image(
-            boxed_overlay(analysis.input_image, amap.values, scene.box, settings.cmap, settings.alpha),
-            caption=map_caption(amap, scene.box, size),
+            boxed_overlay(analysis.input_image, amap.values, scene.box, settings.cmap, settings.alpha, scale),
+            caption=md(f"{map_caption(amap, scene.box, size)} · {scale.caption(amap.values)}"),
             width="stretch",
         )
+
+
+def _best(model: str) -> int | None:
+    best = best_block(model.removeprefix("zoo_"))
+    return best.block if best is not None else None
+
+
+def shown_maps(
+    analyses: dict[str, attnviz.Analysis | None], which: str, gradcam: bool
+) -> dict[str, list[AttentionMap]]:
+    """Per model, the maps the grid shows (:func:`pick_maps`, each model's best block from its card)."""
+    return {
+        m: pick_maps(attention_maps(a), which, gradcam, _best(m))
+        for m, a in analyses.items()
+        if a is not None
+    }
+
+
+def map_scales(shown: dict[str, list[AttentionMap]], mode: str) -> dict[tuple[str, int, str], MapScale]:
+    """One scale per shown map, shared by the maps of one quantity across every model on the page."""
+    maps = {(m, a.block, a.layer): (a.values, a.quantity) for m, amaps in shown.items() for a in amaps}
+    return shared_scales(maps, mode)
 
 
 def _grid(
     models: list[str],
     analyses: dict[str, attnviz.Analysis | None],
-    failures: dict[str, str | None],
+    failures: dict[str, tuple | None],
     scene: Scene,
     settings: Settings,
-    which: str,
-    gradcam: bool,
+    shown: dict[str, list[AttentionMap]],
+    scales: dict[tuple[str, int, str], MapScale],
 ) -> None:
     """The models in rows of :data:`PER_ROW` columns.
 
@@ -267,7 +319,6 @@ def _grid(
     """
     for start in range(0, len(models), PER_ROW):
         row = models[start : start + PER_ROW]
-        maps = {m: attention_maps(a) for m, a in analyses.items() if m in row and a is not None}
         for col, model in zip(st.columns(PER_ROW), row, strict=False):
             with col:
                 _header(model, analyses[model], failures[model], scene)
@@ -276,16 +327,17 @@ def _grid(
             if analysis is None:
                 continue
             with col:
-                shown = pick_maps(maps[model], which, gradcam=False)
-                if not shown:
+                native = [m for m in shown[model] if m.block >= 0]
+                if not native:
                     st.caption(_no_map_text(model))
-                _maps(analysis, shown, scene, settings)
-        if gradcam:
+                _maps(analysis, native, scene, settings, scales)
+        cams = {m: [a for a in shown.get(m, []) if a.block < 0] for m in row}
+        if any(cams.values()):
             for col, model in zip(st.columns(PER_ROW), row, strict=False):
                 analysis = analyses[model]
                 if analysis is not None:
                     with col:
-                        _maps(analysis, [m for m in maps[model] if m.block < 0], scene, settings)
+                        _maps(analysis, cams[model], scene, settings, scales)
 
 
 def _score_table(analyses: dict[str, attnviz.Analysis], scene: Scene) -> list[dict[str, object]]:
@@ -339,32 +391,31 @@ def main() -> None:
             width="stretch",
         )
 
-    if settings.weights == "pretrained":
-        st.caption("Weights: **pretrained**, the zoo's committed weights (`assets/zoo/`).")
-    else:
-        st.caption("Weights: **random**: untrained models, the maps show the mechanics only.")
-    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    st.caption("Every zoo model runs its own trained weights (`assets/zoo/`), trained on such scenes.")
+    left, middle, right = st.columns([3, 2, 1], vertical_alignment="bottom")
     with left:
         which = st.radio(
             "Attention block",
             BLOCK_CHOICES,
             horizontal=True,
             key=BLOCKS_KEY,
-            help="Which attention block's map to show per model: the deepest (last), the first, or all.",
+            help="Which attention block's map to show per model: the one its card says finds the object "
+            "best on held-out scenes (best), the first, the deepest (last), or all.",
         )
+    with middle:
+        mode = scale_control(SCALE_KEY)
     with right:
         gradcam = st.toggle("Grad-CAM", value=True, key=GRADCAM_KEY, help="Add each model's Grad-CAM map.")
 
     models = [zoo_name(kind) for kind in ZOO_KINDS]
-    _run_all(models, scene, settings, device)
+    _run_all(models, scene, device)
     results: dict = store(RESULTS_KEY)
     failures: dict = store(FAILURES_KEY)
     key = scene_key(scene)
-    analyses = {m: results.get((m, settings.weights, device, key)) for m in models}
-    if settings.weights == "pretrained" and any(a is None for a in analyses.values()):
-        st.info(_WEIGHTS_HINT, icon=":material/lightbulb:")
-    model_failures = {m: failures.get((m, settings.weights, device)) for m in models}
-    _grid(models, analyses, model_failures, scene, settings, which, gradcam)
+    analyses = {m: results.get((m, device, key)) for m in models}
+    model_failures = {m: failures.get((m, device)) for m in models}
+    shown = shown_maps(analyses, which, gradcam)
+    _grid(models, analyses, model_failures, scene, settings, shown, map_scales(shown, mode))
     done = {m: a for m, a in analyses.items() if a is not None}
     if done:
         with st.expander("Every map's score on this scene"):

@@ -125,3 +125,23 @@ def wrap_module(
         device=torch.device("cpu"),
         taps=find_taps(module),
     )
+
+
+@pytest.fixture(autouse=True)
+def navigation_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep AppTest from running a page file without app.py (Streamlit 1.67 AppTest quirk).
+
+    Before every run AppTest resets ``PagesManager.uses_pages_directory``, which then turns True
+    because ``pages/`` exists; from the second run on, the script runner then runs the current
+    page's file alone (the old ``pages/`` auto-discovery) and app.py and its sidebar never
+    run. A real server clears the flag for good on the first ``st.navigation`` call; do it here.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self: PagesManager, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)

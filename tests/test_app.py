@@ -7,8 +7,8 @@ Tests that run real models (random weights, CPU, a few seconds each) are marked 
 
 from __future__ import annotations
 
-import dataclasses
 import io
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,16 +19,21 @@ import pytest
 import streamlit as st
 from conftest import load_page
 from PIL import Image
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 import attnviz
+from attnviz import zoo
+from attnviz.maps import attention_maps
+from attnviz.models import MODEL_GROUPS
+from attnviz.scales import format_range
+from attnviz.scenes import CLASSES
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 # The first run imports torch, timm and plotly: far beyond AppTest's default of 3 s on 2 cores.
 TIMEOUT = 180
-BANNER = "Results come from untrained (random) weights"
+# The banner of a column whose results come from random weights.
+UNTRAINED = "**Untrained** (random weights)"
 
 
 def png_bytes(seed: int = 0, size: tuple[int, int] = (180, 240)) -> bytes:
@@ -43,14 +48,29 @@ def png_bytes(seed: int = 0, size: tuple[int, int] = (180, 240)) -> bytes:
     return buf.getvalue()
 
 
-def open_app(weights: str | None = "random") -> AppTest:
-    """Run the app once; ``weights`` preset in session state like the sidebar radio would set it."""
+def open_app() -> AppTest:
+    """Run the app once (the Compare page)."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    if weights is not None:
-        at.session_state["sidebar_weights"] = weights
     at.run()
     assert not at.exception, at.exception
     return at
+
+
+def choose(at: AppTest, models: list[str]) -> None:
+    """Pick ``models`` in the grouped model pills (in this order, one group at a time) and rerun."""
+    groups = {s.name: s.group for s in attnviz.list_models()}
+    if list(at.session_state["compare_models"]) == list(models):
+        return
+    for group in MODEL_GROUPS:  # start from nothing, so that the pick order is the order given
+        pills = at.pills(key=f"compare_models_{group}")
+        if pills.value:
+            pills.set_value([]).run()
+    for model in models:
+        pills = at.pills(key=f"compare_models_{groups[model]}")
+        if model not in pills.value:
+            pills.set_value([*pills.value, model]).run()
+    assert not at.exception, at.exception
+    assert at.session_state["compare_models"] == list(models)
 
 
 def open_view(at: AppTest, view: str) -> None:
@@ -60,11 +80,43 @@ def open_view(at: AppTest, view: str) -> None:
     assert not at.exception, at.exception
 
 
-def model_column(at: AppTest, model: str):
-    """The results column whose header is ``model``."""
-    matches = [col for col in at.columns if [s.value for s in col.subheader] == [model]]
-    assert len(matches) == 1, f"no single column for {model}: {[s.value for s in at.subheader]}"
-    return matches[0]
+class _Column:
+    """Every cell of one model's column: the page draws one row of columns per panel kind."""
+
+    def __init__(self, cells: list) -> None:
+        self.cells = cells
+
+    def __getattr__(self, name: str) -> list:
+        return [x for cell in self.cells for x in getattr(cell, name)]
+
+    def get(self, kind: str) -> list:
+        return [x for cell in self.cells for x in cell.get(kind)]
+
+
+def model_column(at: AppTest, model: str) -> _Column:
+    """The cells of ``model``'s column: the same position in each of the grid's rows of columns."""
+    models = list(at.session_state["compare_last_run"].models)
+    columns = list(at.columns)
+    heads = [i for i, col in enumerate(columns) if [s.value for s in col.subheader] == [models[0]]]
+    assert len(heads) == 1, f"no single column for {models[0]}: {[s.value for s in at.subheader]}"
+    n, first = len(models), heads[0]
+    rows = [columns[first + k * n : first + (k + 1) * n] for k in range(GRID_ROWS)]
+    return _Column([row[models.index(model)] for row in rows])
+
+
+# The compare page's grid: header, notices, predictions, Grad-CAM, block picker, block maps, channel
+# weights, expanders (one st.columns row each).
+GRID_ROWS = 8
+
+
+def plain(text: str) -> str:
+    """Markdown text as a person reads it: the page escapes ``*``, ``_``, ``(``... in its captions."""
+    return re.sub(r"\\([\\`*_{}\[\]<>()#+!|~$.-])", r"\1", text)
+
+
+def all_image_captions(element) -> list[str]:
+    """Captions of every picture under ``element`` (st.image with a list gives several), as read."""
+    return [plain(img.caption) for el in element.image for img in el.proto.imgs]
 
 
 def block_caption(at: AppTest, model: str) -> str:
@@ -75,24 +127,6 @@ def block_caption(at: AppTest, model: str) -> str:
 
 def warning_texts(at: AppTest) -> list[str]:
     return [w.value for w in at.warning]
-
-
-@pytest.fixture(autouse=True)
-def navigation_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep AppTest from running a page file without app.py (Streamlit 1.67 AppTest quirk).
-
-    Before every run AppTest resets ``PagesManager.uses_pages_directory``, which then turns True
-    because ``pages/`` exists; from the second run on, the script runner then runs the current
-    page's file alone (the old ``pages/`` auto-discovery) and app.py, its sidebar and banner never
-    run. A real server clears the flag for good on the first ``st.navigation`` call; do it here.
-    """
-    original = PagesManager.__init__
-
-    def init(self: PagesManager, *args: object, **kwargs: object) -> None:
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
 
 
 @pytest.fixture
@@ -114,26 +148,17 @@ def compare_page() -> Iterator[ModuleType]:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_app_opens_with_banner_while_weights_are_random() -> None:
-    at = open_app(weights=None)
+def test_app_opens_with_its_sidebar_and_no_banner() -> None:
+    at = open_app()
     assert [s.value for s in at.subheader] == [] and at.title[0].value == "Compare attention"
-    for key in ("sidebar_device", "sidebar_weights", "sidebar_cmap", "sidebar_alpha"):
+    for key in ("sidebar_device", "sidebar_cmap", "sidebar_alpha"):
         assert key in at.session_state, key
-    at.radio(key="sidebar_weights").set_value("random").run()
+    # weights are per model now: no app-wide switch, and no banner before anything ran
+    assert "sidebar_weights" not in at.session_state and not at.sidebar.radio
+    assert not any(UNTRAINED in text for text in warning_texts(at))
+    at.selectbox(key="sidebar_cmap").set_value("viridis").run()
+    at.slider(key="sidebar_alpha").set_value(0.8).run()
     assert not at.exception
-    assert sum(BANNER in text for text in warning_texts(at)) == 1
-    at.radio(key="sidebar_weights").set_value("pretrained").run()
-    assert not at.exception
-    assert not any(BANNER in text for text in warning_texts(at))
-
-
-@pytest.mark.parametrize("cached", [False, True])
-def test_default_weights_follow_the_local_cache(monkeypatch: pytest.MonkeyPatch, cached: bool) -> None:
-    specs = [dataclasses.replace(s, pretrained_available=cached) for s in attnviz.list_models()]
-    monkeypatch.setattr(attnviz, "list_models", lambda: specs)
-    at = open_app(weights=None)
-    assert at.session_state["sidebar_weights"] == ("pretrained" if cached else "random")
-    assert any(BANNER in text for text in warning_texts(at)) is not cached
 
 
 def test_device_choices_match_the_machine() -> None:
@@ -155,10 +180,46 @@ def test_compare_page_waits_for_run_with_the_first_sample() -> None:
     samples = at.multiselect(key="compare_samples")
     # the default models are zoo models, so the default image is the first generated scene
     assert samples.value == ["scene_star_1.png"] and samples.options[0] == "scene: star #1"
-    assert all(m.startswith("zoo_") for m in at.multiselect(key="compare_models").value)
+    assert at.session_state["compare_models"] == ["zoo_cbam", "zoo_gc"]
+    assert at.pills(key="compare_models_zoo").value == ["zoo_cbam", "zoo_gc"]
     assert not at.button(key="compare_run").disabled
     assert any("Press **Run**" in i.value for i in at.info)
     assert len(at.get("plotly_chart")) == 0  # nothing runs before the button is pressed
+
+
+def test_model_picker_groups_models_and_describes_them() -> None:
+    at = open_app()
+    pills = {p.key: p for p in at.pills}
+    assert list(pills) == [f"compare_models_{g}" for g in MODEL_GROUPS]
+    for group, heading in MODEL_GROUPS.items():
+        specs = [s for s in attnviz.list_models() if s.group == group]
+        picker = pills[f"compare_models_{group}"]
+        assert picker.label == heading and picker.options == [s.name for s in specs]
+        shown = picker.help.replace("\\", "")  # Markdown escapes removed
+        for spec in specs:  # each group's help lists its models, one line each
+            assert f"- **{spec.name}**: {spec.description}" in shown
+    # what each chosen model will run with, before Run
+    choose(at, ["zoo_cbam", "deit_tiny_patch16_224"])
+    plan = [c.value for c in at.caption if c.value.startswith("zoo")]
+    assert plan and "zoo\\_cbam: trained weights" in plan[0]
+    assert "random weights: its pretrained weights are not on this machine" in plan[0]
+
+
+def test_a_fifth_model_is_refused_with_a_message_where_it_bites() -> None:
+    at = open_app()
+    choose(at, ["zoo_cbam", "zoo_gc", "zoo_se", "zoo_eca"])
+    assert at.session_state["compare_models"] == ["zoo_cbam", "zoo_gc", "zoo_se", "zoo_eca"]
+    at.pills(key="compare_models_zoo").set_value(["zoo_cbam", "zoo_gc", "zoo_se", "zoo_eca", "zoo_dat"]).run()
+    assert not at.exception
+    assert at.session_state["compare_models"] == ["zoo_cbam", "zoo_gc", "zoo_se", "zoo_eca"]
+    assert at.pills(key="compare_models_zoo").value == ["zoo_cbam", "zoo_gc", "zoo_se", "zoo_eca"]
+    [warning] = [w for w in warning_texts(at) if "at most 4 models" in w]
+    assert "zoo_dat was not added" in warning and "Remove a model" in warning
+    # removing one makes room: the warning goes, the new pick is kept, in pick order
+    at.pills(key="compare_models_zoo").set_value(["zoo_gc", "zoo_se", "zoo_eca"]).run()
+    at.pills(key="compare_models_cnn").set_value(["resnet50"]).run()
+    assert at.session_state["compare_models"] == ["zoo_gc", "zoo_se", "zoo_eca", "resnet50"]
+    assert not any("at most 4 models" in w for w in warning_texts(at))
 
 
 def test_bad_upload_shows_one_error_and_the_rest_carry_on() -> None:
@@ -184,6 +245,22 @@ def test_more_than_eight_images_are_capped_with_a_message() -> None:
 
 
 @pytest.mark.slow
+def test_a_camera_photo_is_analysed_like_an_upload() -> None:
+    at = open_app()
+    at.toggle(key="compare_camera_on").set_value(True).run()
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png_bytes(5))).save(buf, format="JPEG")
+    at.camera_input(key="compare_camera").set_value(("photo.jpg", buf.getvalue(), "image/jpeg")).run()
+    at.multiselect(key="compare_samples").set_value([]).run()
+    choose(at, ["zoo_se"])
+    at.button(key="compare_run").click().run()
+    assert not at.exception, at.exception
+    [key] = at.session_state["compare_results"]
+    assert key[0].startswith("camera:") and key[1:] == ("zoo_se", "pretrained", "cpu")
+    assert any("Trained on generated shapes only" in i.value for i in at.info)  # a photo, not a scene
+
+
+@pytest.mark.slow
 def test_compare_two_models_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     real_analyze = attnviz.analyze
@@ -197,7 +274,7 @@ def test_compare_two_models_side_by_side(monkeypatch: pytest.MonkeyPatch) -> Non
     uploads = [("x.png", png_bytes(1), "image/png"), ("y.png", png_bytes(2, (200, 150)), "image/png")]
     at.file_uploader[0].set_value(uploads).run()
     models = ["mobilenet_v3_large", "gcresnext26ts"]  # small; both have 8 attention blocks
-    at.multiselect(key="compare_models").set_value(models).run()
+    choose(at, models)
     at.button(key="compare_run").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
@@ -217,18 +294,21 @@ def test_compare_two_models_side_by_side(monkeypatch: pytest.MonkeyPatch) -> Non
         # ... and their charts once open: the blocks x channels heatmap and the gate statistics
         col = model_column(at, model)
         assert len(col.get("plotly_chart")) == 4, model
-        assert block_caption(at, model).startswith("**Block 8 of 8**")
+        assert block_caption(at, model).startswith("**Block 8 of 8**")  # not zoo: the last block
         labels = [b.label for b in col.download_button]
         assert "Grad-CAM (PNG)" in labels and "Channel weights (CSV)" in labels
-        assert any("untrained" in m.value for m in col.markdown)  # the badge
-    # Grad-CAM in both columns, the global-context map in gcresnext26ts's only.
+        # random weights (nothing cached here): the banner is in the column that is untrained
+        assert any(UNTRAINED in w.value for w in col.warning)
+    # Grad-CAM in both columns, the global-context map in gcresnext26ts's only, each with its scale
     assert len(model_column(at, "gcresnext26ts").image) == 2
     assert len(model_column(at, "mobilenet_v3_large").image) == 1
+    [gc_caption] = [c for c in all_image_captions(model_column(at, "gcresnext26ts")) if "gc_context" in c]
+    assert "attention probability · values" in gc_caption and "scale: absolute" in gc_caption
     assert any("no spatial attention map" in c.value for c in model_column(at, "mobilenet_v3_large").caption)
     assert at.download_button(key="compare_dl_zip")
 
-    # Same number of blocks: the slider is over the block index; moving it re-renders only.
-    at.slider(key="compare_block").set_value(2).run()
+    # Each column has its own block picker; moving it re-renders only.
+    at.select_slider(key="compare_block_gcresnext26ts_8").set_value(2).run()
     at.toggle(key="compare_sort").set_value(True).run()
     assert not at.exception
     # nothing that a run depends on changed: no "press Run to update" (the page's classes are
@@ -236,17 +316,16 @@ def test_compare_two_models_side_by_side(monkeypatch: pytest.MonkeyPatch) -> Non
     assert not any("press **Run** to update" in i.value for i in at.info)
     assert sorted(calls) == sorted(models)
     assert block_caption(at, "gcresnext26ts").startswith("**Block 3 of 8**")
+    assert block_caption(at, "mobilenet_v3_large").startswith("**Block 8 of 8**")
 
-    # A third model with 16 blocks: relative depth; the first two reuse their stored results.
-    at.multiselect(key="compare_models").set_value([*models, "regnet_y_400mf"]).run()
+    # A third model with 16 blocks; the first two reuse their stored results.
+    choose(at, [*models, "regnet_y_400mf"])
     assert any("press **Run** to update" in i.value for i in at.info)
     at.button(key="compare_run").click().run()
     assert not at.exception
     assert sorted(calls) == sorted([*models, "regnet_y_400mf"])
-    labels = {s.label for s in at.main.slider}
-    assert "Relative depth (%)" in labels and "Block" not in labels
-    at.slider(key="compare_depth").set_value(50).run()
-    assert block_caption(at, "mobilenet_v3_large").startswith("**Block 5 of 8**")
+    assert block_caption(at, "regnet_y_400mf").startswith("**Block 16 of 16**")
+    at.select_slider(key="compare_block_regnet_y_400mf_16").set_value(8).run()
     assert block_caption(at, "regnet_y_400mf").startswith("**Block 9 of 16**")
 
     # Two images: the picker switches the columns to the other image's stored results.
@@ -264,12 +343,116 @@ def test_compare_two_models_side_by_side(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 @pytest.mark.slow
+def test_a_trained_zoo_model_beside_an_untrained_transformer_and_a_random_override() -> None:
+    at = open_app()
+    choose(at, ["zoo_gc", "deit_tiny_patch16_224"])
+    at.button(key="compare_run").click().run()
+    assert not at.exception, at.exception
+    # the zoo runs its trained weights, the transformer random ones (not on this machine): one banner
+    keys = {k[1]: k[2] for k in at.session_state["compare_results"]}
+    assert keys == {"zoo_gc": "pretrained", "deit_tiny_patch16_224": "random"}
+    assert not any(UNTRAINED in w.value for w in model_column(at, "zoo_gc").warning)
+    [banner] = [w.value for w in model_column(at, "deit_tiny_patch16_224").warning]
+    assert UNTRAINED in banner and "pretrained weights are not on this machine" in banner
+    assert "Download pretrained weights" in [
+        b.label for b in model_column(at, "deit_tiny_patch16_224").button
+    ]
+    # a scene is the zoo's own ground: no out-of-domain notice
+    assert not any("Trained on generated shapes only" in i.value for i in at.info)
+    # the zoo column opens on the block its card says localises best
+    assert block_caption(at, "zoo_gc").startswith("**Block 1 of 2** (index 0)")
+    assert any(
+        c.value.startswith("★ block 0 finds the object best") for c in model_column(at, "zoo_gc").caption
+    )
+
+    # random weights on request, for the zoo model too: stored under its own key, and it says so
+    at.multiselect(key="compare_random").set_value(["zoo_gc"]).run()
+    at.button(key="compare_run").click().run()
+    assert not at.exception, at.exception
+    assert ("zoo_gc", "random") in {(k[1], k[2]) for k in at.session_state["compare_results"]}
+    [banner] = [w.value for w in model_column(at, "zoo_gc").warning]
+    assert UNTRAINED in banner and "not on this machine" not in banner
+
+
+@pytest.mark.slow
+def test_zoo_models_on_a_photo_say_they_are_out_of_their_domain() -> None:
+    at = open_app()
+    at.file_uploader[0].set_value([("cat.png", png_bytes(4), "image/png")]).run()
+    choose(at, ["zoo_cbam", "zoo_nonlocal"])
+    at.button(key="compare_run").click().run()
+    assert not at.exception, at.exception
+    for model in ("zoo_cbam", "zoo_nonlocal"):
+        assert any("Trained on generated shapes only" in i.value for i in model_column(at, model).info)
+    # each opens on its card's best block: CBAM's first, non-local's second
+    assert block_caption(at, "zoo_cbam").startswith("**Block 1 of 2**")
+    assert block_caption(at, "zoo_nonlocal").startswith("**Block 2 of 2**")
+    # ... and the choice stays changeable
+    at.select_slider(key="compare_block_zoo_nonlocal_2").set_value(0).run()
+    assert block_caption(at, "zoo_nonlocal").startswith("**Block 1 of 2**")
+    assert any("best block is 1 ★" in c.value for c in model_column(at, "zoo_nonlocal").caption)
+
+
+@pytest.mark.slow
+def test_maps_of_one_kind_share_a_scale_across_columns_and_stretched_says_so() -> None:
+    at = open_app()
+    choose(at, ["zoo_gc", "zoo_nonlocal", "zoo_cbam"])
+    at.button(key="compare_run").click().run()
+    assert not at.exception, at.exception
+    at.select_slider(key="compare_block_zoo_gc_2").set_value(1).run()  # both on their 6x6 block
+    captions = {
+        m: all_image_captions(model_column(at, m))[-1] for m in ("zoo_gc", "zoo_nonlocal", "zoo_cbam")
+    }
+    # GC's softmax and the attention non-local positions receive are both probabilities: one scale
+    results = {k[1]: a for k, a in at.session_state["compare_results"].items()}
+    top = max(
+        float(m.values.max())
+        for name in ("zoo_gc", "zoo_nonlocal")
+        for m in attention_maps(results[name])
+        if m.block == 1
+    )
+    lo, hi = format_range(0.0, top)
+    shared = f"scale: absolute {lo}–{hi} (0 to the largest value of the 2 maps shown)"
+    assert shared in captions["zoo_gc"] and shared in captions["zoo_nonlocal"], captions
+    # CBAM's spatial gate: its natural range
+    assert (
+        "gate value · values" in captions["zoo_cbam"]
+        and "absolute, natural range 0.0–1.0" in captions["zoo_cbam"]
+    )
+    at.segmented_control(key="compare_scale").set_value("stretched").run()
+    assert not at.exception
+    for model in ("zoo_gc", "zoo_nonlocal", "zoo_cbam"):
+        caption = all_image_captions(model_column(at, model))[-1]
+        assert "scale: stretched to this map's own range" in caption, caption
+
+
+@pytest.mark.slow
+def test_gradcam_explains_the_class_a_teacher_picks() -> None:
+    at = open_app()
+    choose(at, ["zoo_cbam"])
+    at.button(key="compare_run").click().run()
+    assert not at.exception, at.exception
+    [result] = at.session_state["compare_results"].values()
+    picker = at.selectbox(key=next(k for k in at.session_state if str(k).startswith("compare_cam_target_")))
+    # the top-5 first, then every other class of the model
+    assert picker.options[:5] == [
+        f"{p.label} ({p.probability:.1%}, top-{i})" for i, p in enumerate(result.top5, 1)
+    ]
+    assert len(picker.options) == len(CLASSES)
+    other = next(c for c in CLASSES if c not in {p.label for p in result.top5[:1]})
+    picker.set_value(CLASSES.index(other)).run()
+    assert not at.exception, at.exception
+    [updated] = at.session_state["compare_results"].values()
+    assert updated.gradcam.target == CLASSES.index(other) and updated.gradcam.target_label == other
+    assert any(f"for “{other}”" in c for c in all_image_captions(model_column(at, "zoo_cbam")))
+
+
+@pytest.mark.slow
 def test_zip_of_stored_results(compare_page: ModuleType) -> None:
     """What the "Download everything" button produces when clicked (AppTest cannot click downloads)."""
     model = attnviz.load_model("mobilenet_v3_large", weights="random", device="cpu")
     image = Image.open(io.BytesIO(png_bytes(3)))
     [analysis] = attnviz.analyze(model, [image])
-    data = compare_page.bundle_zip([("photo.png", analysis)], "viridis", 0.4)
+    data = compare_page.bundle_zip([("photo.png", analysis)], "viridis", 0.4, "stretched")
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert "summary.json" in names and "photo/mobilenet_v3_large/gradcam.png" in names
 
@@ -283,27 +466,37 @@ def test_a_failing_model_errs_in_its_own_column(
     def flaky_load(name, *, weights="pretrained", device="auto", progress=None):
         if name == "skresnet18":
             raise attnviz.WeightsUnavailableError(
-                "Pretrained weights for skresnet18 (model.safetensors) are not cached.",
+                "Pretrained weights for skresnet18 (model.safetensors) are not cached (gaierror): ...",
                 weights_file="model.safetensors",
                 expected_path="/nowhere/model.safetensors",
+                summary="The pretrained weights of skresnet18 are not on this machine.",
+                details=("goes to: /nowhere/model.safetensors", "why: gaierror"),
             )
         if name == "resnest14d":
             raise RuntimeError("internal detail that must not reach the page")
         return real_load(name, weights="random", device=device, progress=progress)
 
     monkeypatch.setattr(attnviz, "load_model", flaky_load)
-    at = open_app(weights="pretrained")
-    at.multiselect(key="compare_models").set_value(["mobilenet_v3_large", "skresnet18", "resnest14d"]).run()
+    # pretend every model's weights are cached, so that the page asks for them
+    monkeypatch.syspath_prepend(str(ROOT))
+    import ui.picker
+
+    monkeypatch.setattr(ui.picker, "default_weights", lambda spec: "pretrained")
+    at = open_app()
+    choose(at, ["mobilenet_v3_large", "skresnet18", "resnest14d"])
     at.button(key="compare_run").click().run()
     assert not at.exception, at.exception
 
     good = model_column(at, "mobilenet_v3_large")
     assert not good.error and len(good.get("plotly_chart")) == 2  # top-5, channels (expanders closed)
     missing = model_column(at, "skresnet18")
-    assert [e.value for e in missing.error] == [
-        "Pretrained weights for skresnet18 (model.safetensors) are not cached."
+    # one plain sentence; the exception name, the paths and the rest behind "Details"
+    assert [plain(e.value) for e in missing.error] == [
+        "The pretrained weights of skresnet18 are not on this machine."
     ]
-    assert any("random" in i.value for i in missing.info)
+    [details] = [x for x in missing.expander if x.label == "Details"]
+    assert "/nowhere/model.safetensors" in details.code[0].value and "gaierror" in details.code[0].value
+    assert any("Run untrained (random weights)" in i.value for i in missing.info)
     broken = model_column(at, "resnest14d")
     assert len(broken.error) == 1 and "internal detail" not in broken.error[0].value
     assert "server log" in broken.error[0].value
@@ -322,10 +515,15 @@ def test_models_page_lists_every_model() -> None:
     table = at.dataframe[0].value
     specs = attnviz.list_models()
     assert list(table["model"]) == [s.name for s in specs]
-    assert {"source", "attention", "input size", "pretrained cached", "goes to"} <= set(table.columns)
-    assert list(table["goes to"]) == [s.weights_path for s in specs]
+    assert {"group", "attention", "description", "input", "trained on", "weights here"} <= set(table.columns)
+    assert list(table["description"]) == [s.description for s in specs]
+    assert list(table["weights here"]) == [s.source == "attnviz" or s.pretrained_available for s in specs]
+    where = at.dataframe[1].value
+    hub = [s for s in specs if s.source != "attnviz"]
+    assert list(where["model"]) == [s.name for s in hub]
+    assert list(where["goes to"]) == [s.weights_path for s in hub]
     assert any("offline" in m.value for m in at.markdown)
-    assert any(BANNER in text for text in warning_texts(at))  # the banner is on every page
+    assert not any(UNTRAINED in text for text in warning_texts(at))  # nothing untrained on this page
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,17 +531,45 @@ def test_models_page_lists_every_model() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def test_default_block_is_the_card_s_best_for_the_zoo_and_the_last_otherwise(
+    compare_page: ModuleType,
+) -> None:
+    assert compare_page.default_block("zoo_gc", 2) == zoo.best_block("gc").block == 0
+    assert compare_page.default_block("zoo_nonlocal", 2) == zoo.best_block("nonlocal").block == 1
+    assert compare_page.default_block("zoo_se", 2) == 1  # channel attention: no best block
+    assert compare_page.default_block("seresnet50", 16) == 15
+
+
 @pytest.mark.parametrize(
-    ("depth", "blocks", "expected"),
-    [(0, 8, 0), (100, 8, 7), (50, 8, 4), (50, 16, 8), (100, 1, 0), (-5, 4, 0), (250, 4, 3), (49, 3, 1)],
+    "event",
+    [
+        {"selection": {"points": [{"x": 23.5, "y": 7.5, "customdata": {"0": 0, "1": 2}}]}},
+        {"selection": {"points": [{"customdata": [0, 2, 7.5, 23.5]}]}},
+        {"selection": {"points": [{"customdata": {"0": 0, "1": 2, "2": 7.5, "3": 23.5}}]}},
+        {
+            "selection": {
+                "points": [
+                    {"customdata": {"dtype": "f8", "bdata": "AAAAAAAAAAAAAAAAAAAAQAAAAAAAAB5AAAAAAACAN0A="}}
+                ]
+            }
+        },
+    ],
+    ids=["x-y", "list", "dict", "typed-array"],
 )
-def test_depth_to_block(compare_page: ModuleType, depth: float, blocks: int, expected: int) -> None:
-    assert compare_page.depth_to_block(depth, blocks) == expected
+def test_point_of_click_reads_every_shape_plotly_sends(compare_page: ModuleType, event: dict) -> None:
+    """A click on the query picker (Plotly 6 sends customdata in other shapes than a list)."""
+    assert compare_page.point_of_click(event) == (7.5, 23.5)
 
 
-def test_depth_to_block_needs_a_block(compare_page: ModuleType) -> None:
-    with pytest.raises(ValueError, match="blocks must be >= 1"):
-        compare_page.depth_to_block(50, 0)
+def test_point_of_click_without_a_point(compare_page: ModuleType) -> None:
+    assert compare_page.point_of_click(None) is None
+    assert compare_page.point_of_click({"selection": {"points": []}}) is None
+    assert (
+        compare_page.point_of_click(
+            {"selection": {"points": [{"customdata": {"dtype": "f8", "bdata": "!"}}]}}
+        )
+        is None
+    )
 
 
 def test_channel_csv(compare_page: ModuleType) -> None:
@@ -366,19 +592,15 @@ def test_upload_key_depends_on_content_only(compare_page: ModuleType) -> None:
 
 
 def markdown_texts(at: AppTest) -> list[str]:
-    return [m.value for m in at.markdown]
-
-
-def all_image_captions(element) -> list[str]:
-    """Captions of every picture under ``element`` (st.image with a list gives several)."""
-    return [img.caption for el in element.image for img in el.proto.imgs]
+    """Every Markdown text, as a person reads it (Markdown escapes removed)."""
+    return [plain(m.value) for m in at.markdown]
 
 
 @pytest.mark.slow
 def test_vit_and_cnn_side_by_side_with_query_point() -> None:
     at = open_app()
     models = ["deit_tiny_distilled_patch16_224", "mobilenet_v3_large"]
-    at.multiselect(key="compare_models").set_value(models).run()
+    choose(at, models)
     at.button(key="compare_run").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
@@ -402,8 +624,12 @@ def test_vit_and_cnn_side_by_side_with_query_point() -> None:
     open_view(at, "Rollout")
     captions = all_image_captions(at)
     rollout = [c for c in captions if c.startswith("Rollout through 12 layers")]
-    assert rollout and "mean of rows 0 (cls), 1 (dist)" in rollout[0], captions
+    assert rollout and "rollout weight" in rollout[0], captions
+    assert any("mean of rows 0 (cls), 1 (dist)" in t for t in markdown_texts(at))
+    assert at.latex and "0.5" in at.latex[0].value  # the formula, typeset
     assert not any(c.startswith("Every layer (rows") for c in captions)
+    # the rollout does not read one layer: no layer slider on its tab
+    assert not [s for s in at.select_slider if s.key == "compare_vit_layer_12"]
     open_view(at, "Query point")
     at.slider(key="compare_query_y").set_value(40)
     at.slider(key="compare_query_x").set_value(70).run()
@@ -411,6 +637,8 @@ def test_vit_and_cnn_side_by_side_with_query_point() -> None:
     query = [t for t in markdown_texts(at) if t.startswith("**Query token")]
     assert query and query[0].startswith("**Query token (2, 4)** of layer 11:"), query
     assert "pixel (40, 70)" in query[0] and "dist" in query[0]  # prefix shares named
+    # every head's map and every layer's, each set on one scale, said in a caption
+    assert any(c.value.startswith("This layer's heads, one scale: attention probability") for c in at.caption)
 
     # Another layer: the picker answers for it.
     at.select_slider(key="compare_vit_layer_12").set_value(0).run()
@@ -418,6 +646,7 @@ def test_vit_and_cnn_side_by_side_with_query_point() -> None:
     assert query[0].startswith("**Query token (2, 4)** of layer 0: blocks.0")
 
     open_view(at, "Head statistics")
+    assert not [s for s in at.select_slider if s.key == "compare_vit_layer_12"]
     assert "compare_vit_stats_deit_tiny_distilled_patch16_224" in [c.key for c in at.get("plotly_chart")]
     assert any(c.value.startswith("distance: per grid query") for c in at.caption)
     assert not [t for t in markdown_texts(at) if t.startswith("**Query token")]  # closed: not computed
@@ -426,18 +655,18 @@ def test_vit_and_cnn_side_by_side_with_query_point() -> None:
 @pytest.mark.slow
 def test_swin_query_point_in_window_coordinates() -> None:
     at = open_app()
-    at.multiselect(key="compare_models").set_value(["swin_t"]).run()
+    choose(at, ["swin_t"])
     at.button(key="compare_run").click().run()
     assert not at.exception, at.exception
-    at.select_slider(key="compare_vit_layer_12").set_value(0).run()
     open_view(at, "Query point")
+    at.select_slider(key="compare_vit_layer_12").set_value(0).run()
     at.slider(key="compare_query_y").set_value(10)
     at.slider(key="compare_query_x").set_value(201).run()
     assert not at.exception, at.exception
     query = [t for t in markdown_texts(at) if t.startswith("**Query token")]
     assert query[0].startswith("**Query token (2, 50)** of layer 0: features.1.0"), query  # stride 4
     open_view(at, "Rollout")
-    infos = [i.value for i in at.info]
+    infos = [plain(i.value) for i in at.info]
     assert any("Rollout does not apply to swin_t" in i for i in infos)
 
 
@@ -460,7 +689,7 @@ TRANSFORMERS = [
 @pytest.mark.parametrize("model", TRANSFORMERS)
 def test_every_transformer_is_browsable_in_the_app(model: str) -> None:
     at = open_app()
-    at.multiselect(key="compare_models").set_value([model]).run()
+    choose(at, [model])
     at.button(key="compare_run").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
@@ -476,6 +705,7 @@ def test_every_transformer_is_browsable_in_the_app(model: str) -> None:
         assert f"of layer {layers[index].block}:" in query[0]
     heads = layers[-1].heads
     open_view(at, "Heads × layers")
+    at.select_slider(key=f"compare_vit_layer_{len(layers)}").set_value(len(layers) - 1).run()
     picker = at.selectbox(key=f"compare_vit_head_{heads}")
     assert picker.options == ["all heads", *(f"head {h}" for h in range(heads))]
     picker.set_value(f"head {heads - 1}").run()
@@ -496,7 +726,7 @@ def test_a_model_loaded_by_one_session_serves_the_next() -> None:
     sessions = []
     for _ in range(2):
         at = open_app()
-        at.multiselect(key="compare_models").set_value(["deit_tiny_patch16_224"]).run()
+        choose(at, ["deit_tiny_patch16_224"])
         at.button(key="compare_run").click().run()
         assert not at.exception, at.exception
         assert not at.error, [e.value for e in at.error]
@@ -509,8 +739,8 @@ def test_a_model_loaded_by_one_session_serves_the_next() -> None:
 
 @pytest.mark.slow
 def test_deformable_sampling_views_answer_a_query_point() -> None:
-    at = open_app(weights="pretrained")  # the zoo's own weights: shipped with the repository
-    at.multiselect(key="compare_models").set_value(["zoo_deform", "zoo_dat"]).run()
+    at = open_app()  # the zoo runs its own weights, shipped with the repository
+    choose(at, ["zoo_deform", "zoo_dat"])
     at.button(key="compare_run").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
@@ -535,7 +765,7 @@ def test_deformable_sampling_views_answer_a_query_point() -> None:
 @pytest.mark.slow
 def test_deformable_detr_detections_and_decoder_queries_in_the_app() -> None:
     at = open_app()
-    at.multiselect(key="compare_models").set_value(["deformable_detr", "zoo_deform"]).run()
+    choose(at, ["deformable_detr", "zoo_deform"])
     at.button(key="compare_run").click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]

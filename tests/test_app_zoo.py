@@ -16,11 +16,12 @@ import pytest
 import streamlit as st
 from conftest import load_page
 from streamlit.testing.v1 import AppTest
-from test_app import BANNER, TIMEOUT, navigation_only, open_app  # noqa: F401  (autouse fixture)
+from test_app import TIMEOUT, UNTRAINED, model_column, open_app, plain  # noqa: F401
 
 import attnviz
 from attnviz import zoo
 from attnviz.maps import AttentionMap
+from attnviz.scales import GATE, map_scale
 from attnviz.scenes import CLASSES
 from attnviz.teach import INSERTION_PATTERNS, MODULE_GUIDE
 
@@ -38,9 +39,9 @@ def leaderboard_page() -> Iterator[ModuleType]:
     yield from load_page("leaderboard")
 
 
-def open_page(page: str, weights: str = "random") -> AppTest:
-    """The app switched to ``pages/<page>.py`` with the sidebar's weights preset."""
-    at = open_app(weights=weights)
+def open_page(page: str) -> AppTest:
+    """The app switched to ``pages/<page>.py``."""
+    at = open_app()
     at.switch_page(f"pages/{page}.py").run()
     assert not at.exception, at.exception
     return at
@@ -71,7 +72,7 @@ def zoo_sections(at: AppTest, model: str) -> tuple[object, ...]:
 
 
 def image_captions(block) -> list[str]:
-    return [caption for image in block.image for caption in image.captions]
+    return [plain(caption) for image in block.image for caption in image.captions]
 
 
 def fake_card(kind: str, accuracy: float, maps: list[tuple[str, float, float, float]]) -> dict:
@@ -121,7 +122,8 @@ def test_navigation_lists_the_new_pages(monkeypatch: pytest.MonkeyPatch) -> None
         at.switch_page(f"pages/{page}.py").run()
         assert not at.exception, at.exception
         assert at.title[0].value == title
-        assert any(BANNER in w.value for w in at.warning)  # app.py still runs around the page
+        assert at.sidebar.selectbox(key="sidebar_cmap")  # app.py still runs around the page
+        assert not any(UNTRAINED in w.value for w in at.warning)  # no app-wide banner any more
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,15 +141,31 @@ def test_scene_page_shows_every_zoo_model_with_box_scores() -> None:
     # The scene itself, with its box, next to the controls.
     assert any("box (y0, x0, y1, x1)" in c for c in image_captions(at.main))
 
-    # Default: the last attention block, then Grad-CAM; every overlay is scored against the box.
+    # Default: each model's best block according to its card, then Grad-CAM; every overlay is scored
+    # against the box and carries its colour scale.
     header, attention, cam = zoo_sections(at, "zoo_cbam")
     cbam = image_captions(attention) + image_captions(cam)
-    assert len(cbam) == 2 and cbam[0].startswith("block 1 · attn3 (cbam_spatial)")
+    assert len(cbam) == 2 and cbam[0].startswith("block 0 · attn2 (cbam_spatial)")
     assert cbam[1].startswith("Grad-CAM")
     for caption in cbam:
         assert "energy in box" in caption and "uniform" in caption and "pointing: " in caption
+        assert "scale: absolute, natural range 0.0–1.0" in caption  # a gate, Grad-CAM: 0 to 1
     _, attention, cam = zoo_sections(at, "zoo_mhsa")
-    assert image_captions(attention)[0].startswith("block 3") and len(cam.image) == 1
+    assert image_captions(attention)[0].startswith("block 0") and len(cam.image) == 1
+    _, attention, _ = zoo_sections(at, "zoo_nonlocal")
+    assert image_captions(attention)[0].startswith("block 1")
+    # the probabilities of GC, non-local, MHSA share one scale across the page
+    probabilities = [
+        c for m in ("zoo_gc", "zoo_nonlocal", "zoo_mhsa") for c in image_captions(zoo_sections(at, m)[1])
+    ]
+    assert all("(0 to the largest value of the 3 maps shown)" in c for c in probabilities), probabilities
+    at.segmented_control(key="scene_scale").set_value("stretched").run()
+    assert all(
+        "stretched to this map's own range" in c for c in image_captions(zoo_sections(at, "zoo_gc")[1])
+    )
+    at.radio(key="scene_blocks").set_value("last").run()
+    _, attention, _ = zoo_sections(at, "zoo_mhsa")
+    assert image_captions(attention)[0].startswith("block 3")
     header, attention, cam = zoo_sections(at, "zoo_se")
     assert len(attention.image) == 0 and len(cam.image) == 1
     assert any("channels only" in c.value for c in attention.caption)
@@ -162,7 +180,7 @@ def test_scene_page_shows_every_zoo_model_with_box_scores() -> None:
     assert sum(len(col.image) for col in zoo_columns(at).values()) == 0
     assert not any(c.startswith("Grad-CAM") for c in image_captions(at.main))
 
-    # A new scene runs the models again; results are kept per scene, weights and device.
+    # A new scene runs the models again; results are kept per scene and device.
     stored = len(at.session_state["scene_results"])
     at.selectbox(key="scene_class").set_value("star").run()
     assert not at.exception
@@ -170,25 +188,21 @@ def test_scene_page_shows_every_zoo_model_with_box_scores() -> None:
     assert any("star" in c for c in image_captions(at.main))
 
 
-def test_scene_page_without_committed_weights_names_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_weights(name, *, weights="pretrained", device="auto", progress=None):
-        path = zoo.weights_path(name.removeprefix("zoo_"))
-        raise attnviz.WeightsUnavailableError(
-            f"Pretrained weights for {name} ({path.name}) are not available: restore {path}.",
-            weights_file=path.name,
-            expected_path=str(path),
-        )
-
-    monkeypatch.setattr(attnviz, "load_model", no_weights)
+def test_scene_page_without_committed_weights_names_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)  # a copy of attnviz without its zoo weights
     st.cache_resource.clear()  # models that earlier tests loaded would be served from the shared cache
-    at = open_page("scene", weights="pretrained")
+    at = open_page("scene")
     columns = zoo_columns(at)
     assert sorted(columns) == sorted(ZOO_MODELS)
     for model, col in columns.items():
-        [error] = [e.value for e in col.error]
-        assert f"{model}.safetensors" in error
-    assert any("random" in i.value and "zoo train" in i.value for i in at.info)
-    assert any("pretrained" in c.value for c in at.caption)  # says which weights
+        [error] = [plain(e.value) for e in col.error]
+        assert error.startswith(f"The trained weights of {model} are missing from this copy of attnviz")
+        assert f"assets/zoo/{model}.safetensors" in error and "zoo train --kind" in error
+        [details] = [x for x in col.expander if x.label == "Details"]
+        assert str(tmp_path) in details.code[0].value  # where it looked, for the one who fixes it
+    assert any("own trained weights" in c.value for c in at.caption)  # says which weights
 
 
 def test_pick_maps(scene_page: ModuleType) -> None:
@@ -196,22 +210,25 @@ def test_pick_maps(scene_page: ModuleType) -> None:
         return AttentionMap(f"l{block}", "k", block, np.ones((2, 2)), "")
 
     maps = [amap(0), amap(1), amap(2), amap(-1)]
+    assert [m.block for m in scene_page.pick_maps(maps, "best", True, best=1)] == [1, -1]
+    assert [m.block for m in scene_page.pick_maps(maps, "best", False, best=None)] == [2]  # no card: last
     assert [m.block for m in scene_page.pick_maps(maps, "last", True)] == [2, -1]
     assert [m.block for m in scene_page.pick_maps(maps, "first", False)] == [0]
     assert [m.block for m in scene_page.pick_maps(maps, "all", True)] == [0, 1, 2, -1]
     assert [m.block for m in scene_page.pick_maps([amap(-1)], "last", True)] == [-1]
 
 
-def test_boxed_overlay_is_enlarged_with_the_box(scene_page: ModuleType) -> None:
+def test_boxed_overlay_is_enlarged_with_the_box_and_its_colour_bar(scene_page: ModuleType) -> None:
     image = np.zeros((96, 96, 3), np.uint8)
-    out = scene_page.boxed_overlay(
-        image, np.random.default_rng(0).random((6, 6)), (10, 20, 30, 40), "jet", 0.5
-    )
+    heat = np.random.default_rng(0).random((6, 6))
+    out = scene_page.boxed_overlay(image, heat, (10, 20, 30, 40), "jet", 0.5)
     scale = scene_page.DISPLAY_SCALE
     assert out.shape == (96 * scale, 96 * scale, 3)
     # the outline lies just outside the scaled box
     assert tuple(out[10 * scale - 1, 30 * scale]) == scene_page.BOX_COLOUR
     assert tuple(out[20 * scale, 40 * scale]) == scene_page.BOX_COLOUR
+    with_bar = scene_page.boxed_overlay(image, heat, (10, 20, 30, 40), "jet", 0.5, map_scale(heat, GATE))
+    assert with_bar.shape[1] == 96 * scale and with_bar.shape[0] > 96 * scale + 30  # the strip below
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,7 +306,7 @@ def test_modules_page_teaches_every_module(monkeypatch: pytest.MonkeyPatch) -> N
         raise attnviz.WeightsUnavailableError(f"no weights for {name}", weights_file="x", expected_path="y")
 
     monkeypatch.setattr(attnviz, "load_model", no_model)
-    at = open_page("modules", weights="pretrained")
+    at = open_page("modules")
     assert at.title[0].value == "Modules"
     assert [t.label for t in at.tabs] == [g.short for g in MODULE_GUIDE.values()]
     latex = [element.value for element in at.latex]
@@ -301,7 +318,7 @@ def test_modules_page_teaches_every_module(monkeypatch: pytest.MonkeyPatch) -> N
     assert len(at.table) == len(MODULE_GUIDE)  # one cost table per tab
     costs = at.dataframe[0].value
     assert list(costs["kind"]) == list(MODULE_GUIDE) and (costs["FLOPs"] > 0).all()
-    assert [e.value for e in at.tabs[0].error] == ["no weights for zoo_se"]
+    assert [plain(e.value) for e in at.tabs[0].error] == ["no weights for zoo_se"]
 
     # A size MHSA refuses: that module's cost is an error, the others are still counted.
     at.number_input(key="modules_side").set_value(32).run()
@@ -315,10 +332,12 @@ def test_modules_page_live_examples() -> None:
     at = open_page("modules")
     assert not at.error, [e.value for e in at.error]
     cbam = at.tabs[list(MODULE_GUIDE).index("cbam")]
-    captions = [c.value for c in cbam.caption]
+    captions = [plain(c.value) for c in cbam.caption]
     assert any(c.startswith("scene: ") for c in captions)
     assert any("cbam_spatial" in c for c in captions) and any(c.startswith("Grad-CAM") for c in captions)
-    assert len(cbam.image) == 3  # the scene, the last block's spatial gate, Grad-CAM
+    assert len(cbam.image) == 3  # the scene, the best block's spatial gate, Grad-CAM (with colour bars)
+    assert any(c.startswith("block 0 · attn2 (cbam_spatial)") and "scale: absolute" in c for c in captions)
+    assert any(c.startswith("Shown: block 0 finds the object best") for c in captions)
     se = at.tabs[list(MODULE_GUIDE).index("se")]
     assert len(se.get("plotly_chart")) == 1  # channel weights instead of a map
     assert len(at.session_state["modules_results"]) == len(MODULE_GUIDE)
@@ -331,7 +350,7 @@ def test_modules_page_live_examples() -> None:
 
 def test_compare_defaults_to_zoo_models_and_offers_scenes() -> None:
     at = open_app()
-    assert at.multiselect(key="compare_models").value == ["zoo_cbam", "zoo_gc"]
+    assert at.session_state["compare_models"] == ["zoo_cbam", "zoo_gc"]
     options = at.multiselect(key="compare_samples").options
     scenes = [o for o in options if o.startswith("scene: ")]
     assert len(scenes) == 3 and all(o.split()[1] in CLASSES for o in scenes)
@@ -345,5 +364,4 @@ def test_compare_runs_zoo_models_on_a_generated_scene() -> None:
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     for model in ("zoo_cbam", "zoo_gc"):
-        [col] = [c for c in at.columns if [s.value for s in c.subheader] == [model]]
-        assert len(col.image) == 2  # Grad-CAM and the block's spatial map
+        assert len(model_column(at, model).image) == 2  # Grad-CAM and the block's spatial map

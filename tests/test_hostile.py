@@ -85,7 +85,6 @@ def test_cli_analyses_every_odd_but_valid_file(tmp_path: Path, capsys: pytest.Ca
 @pytest.mark.slow
 def test_app_shows_one_message_per_hostile_upload_and_keeps_serving() -> None:
     at = AppTest.from_file(APP, default_timeout=180)
-    at.session_state["sidebar_weights"] = "pretrained"  # the zoo's weights ship with the repository
     at.run()
     uploads = [(c.name, c.data, "image/png") for c in REFUSED]
     at.file_uploader[0].set_value(uploads).run()
@@ -98,7 +97,7 @@ def test_app_shows_one_message_per_hostile_upload_and_keeps_serving() -> None:
     valid = [(c.name, c.data, "image/png") for c in VALID]
     at.file_uploader[0].set_value(uploads + valid).run()
     assert any("at most 8" in w.value for w in at.warning)  # 9 valid uploads + the default sample
-    at.multiselect(key="compare_models").set_value(["zoo_cbam"]).run()
+    at.pills(key="compare_models_zoo").set_value(["zoo_cbam"]).run()  # the zoo runs its own weights
     at.button(key="compare_run").click().run()
     assert not at.exception, at.exception
     assert len(at.error) == len(REFUSED)  # still one message each, nothing new

@@ -414,9 +414,8 @@ def test_a_fallback_note_reaches_the_export_and_the_app(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(attnviz, "analyze", noted)
     at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=180)
-    at.session_state["sidebar_weights"] = "pretrained"
     at.run()
-    at.multiselect(key="compare_models").set_value(["zoo_cbam"]).run()
+    at.pills(key="compare_models_zoo").set_value(["zoo_cbam"]).run()
     at.button(key="compare_run").click().run()
     assert not at.exception, at.exception
     assert note in [i.value for i in at.info]

@@ -297,11 +297,12 @@ def test_block_channel_heatmap_pads_with_nan_and_keeps_values(rng: np.random.Gen
     np.testing.assert_allclose(z[1], b)
     np.testing.assert_allclose(z[2, :6], sk[0])
     assert np.isnan(z[2, 6:]).all()
-    assert list(trace.y) == ["0: layer1.0.se", "1: layer2.0.se", "2: layer3.0.sk"]
+    # short row labels (the narrow column keeps its width for the cells); the layer is in the hover
+    assert list(trace.y) == ["block 0", "block 1", "block 2"]
     assert (trace.zmin, trace.zmax) == (0.0, 1.0)
-    assert "path-0" in trace.colorbar.title.text
-    assert trace.customdata[2][0] == "weight of 3x3"
-    assert trace.customdata[0][0] == "gate"
+    assert "path-0" in trace.colorbar.title.text and trace.colorbar.orientation == "h"
+    assert trace.customdata[2][0][0] == "weight of 3x3" and trace.customdata[2][0][1] == "2: layer3.0.sk"
+    assert trace.customdata[0][0][0] == "gate" and trace.customdata[0][0][1] == "0: layer1.0.se"
 
 
 def test_channel_bar_sorted_is_descending_and_keeps_real_indices() -> None:
@@ -352,6 +353,8 @@ def test_gate_stats_figure_has_mean_std_entropy_per_block(rng: np.random.Generat
     assert [t.name for t in fig.data] == ["mean", "std", "normalised entropy"]
     assert all(t.mode == "lines+markers" for t in fig.data)
     assert list(fig.data[0].x) == ["0: layer0.se", "1: layer1.se", "2: layer2.se"]
+    assert list(fig.layout.xaxis.ticktext) == ["0", "1", "2"]  # short ticks, the layer in the hover
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0  # under the plot, not over it
     np.testing.assert_allclose(fig.data[0].y, [r.values.mean() for r in recs])
     np.testing.assert_allclose(fig.data[2].y, [gate_stats(r)["entropy"] for r in recs])
 
@@ -372,6 +375,13 @@ def test_top5_bar_puts_most_probable_on_top() -> None:
     assert fig.layout.yaxis.autorange == "reversed"  # rank 0 drawn at the top
     assert list(trace.text) == ["60.0%", "20.0%", "10.0%", "5.0%", "5.0%"]
     assert fig.layout.title.text == "Top-5 (resnet)"
+
+
+def test_top5_bar_cuts_long_labels_and_keeps_them_in_the_hover() -> None:
+    preds = [Prediction(0, "Chesapeake Bay retriever", 0.7), Prediction(1, "tench", 0.3)]
+    fig = top5_bar(preds, label_chars=12)
+    assert list(fig.layout.yaxis.ticktext) == ["Chesapeake…", "tench"]
+    assert [c[0] for c in fig.data[0].customdata] == ["Chesapeake Bay retriever", "tench"]
 
 
 @pytest.mark.parametrize("builder", [block_channel_heatmap, gate_stats_figure])

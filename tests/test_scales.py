@@ -149,9 +149,11 @@ def test_colour_bar_runs_from_the_first_to_the_last_colour_of_its_range() -> Non
     assert tuple(left) == _jet(0.0) and tuple(right) == _jet(1.0)
     # the colours run monotonically through jet's table: blue first, red last
     assert row[inside[1], 2] > row[inside[1], 0] and row[inside[-2], 0] > row[inside[-2], 2]
-    assert render.colorbar_title(scale) == "gate value · absolute: natural range"
+    assert render.colorbar_title(scale) == "gate value · absolute (natural range)"
     stretched = MapScale(0.2, 0.4, GATE, "stretched")
-    assert render.colorbar_title(stretched) == "gate value · stretched: this map's own min-max"
+    assert render.colorbar_title(stretched) == "gate value · stretched (this map's min-max)"
+    shared = MapScale(0.0, 0.2, PROBABILITY, "absolute", shared=3)
+    assert render.colorbar_title(shared) == "attention probability · absolute (0 to max, shared by 3 maps)"
 
 
 def test_with_colorbar_keeps_the_picture_and_adds_the_strip() -> None:

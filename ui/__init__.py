@@ -1,6 +1,8 @@
-"""Streamlit helpers shared by the pages: the shared model cache and per-session stores.
+"""Streamlit helpers shared by the pages: the sidebar's settings, the shared model cache and
+per-session stores; :mod:`ui.maps` draws heat maps with their colour bars, :mod:`ui.picker` the
+grouped model picker and the weights each model runs with.
 
-Pages import this module (it lives next to ``app.py``, outside ``pages/``, which holds only page
+Pages import this package (it lives next to ``app.py``, outside ``pages/``, which holds only page
 scripts). Like the pages, it never touches hooks: models are only run through
 :func:`attnviz.analyze`, which holds each model's lock.
 """
@@ -15,7 +17,25 @@ import streamlit as st
 
 import attnviz
 
-__all__ = ["Settings", "cached_model", "require_app", "settings", "store"]
+__all__ = [
+    "ALPHA_KEY",
+    "CMAP_KEY",
+    "COLORMAPS",
+    "DEVICE_KEY",
+    "Settings",
+    "cached_model",
+    "require_app",
+    "settings",
+    "store",
+]
+
+# The sidebar's session-state keys: app.py draws the widgets, the pages read them through settings().
+DEVICE_KEY = "sidebar_device"
+CMAP_KEY = "sidebar_cmap"
+ALPHA_KEY = "sidebar_alpha"
+
+# Overlay colormaps offered in the sidebar (names in ``matplotlib.colormaps``).
+COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "plasma")
 
 
 @dataclass(frozen=True)
@@ -23,7 +43,6 @@ class Settings:
     """The sidebar's settings (written by app.py), with defaults when a page runs alone."""
 
     device: str
-    weights: str
     cmap: str
     alpha: float
 
@@ -32,10 +51,9 @@ def settings() -> Settings:
     """The current sidebar settings."""
     state = st.session_state
     return Settings(
-        device=str(state.get("sidebar_device", "auto")),
-        weights=str(state.get("sidebar_weights", "random")),
-        cmap=str(state.get("sidebar_cmap", "jet")),
-        alpha=float(state.get("sidebar_alpha", 0.5)),
+        device=str(state.get(DEVICE_KEY, "auto")),
+        cmap=str(state.get(CMAP_KEY, COLORMAPS[0])),
+        alpha=float(state.get(ALPHA_KEY, 0.5)),
     )
 
 
@@ -110,5 +128,5 @@ def require_app() -> None:
     With a folder named ``pages/``, Streamlit runs a directly requested page file on its own
     until ``app.py`` has called ``st.navigation`` once; such a run has no sidebar settings.
     """
-    if "sidebar_weights" not in st.session_state:
+    if DEVICE_KEY not in st.session_state:
         st.switch_page("app.py")
