@@ -767,12 +767,8 @@ def block_channel_heatmap(records: Sequence[ChannelWeights]) -> go.Figure:
             colorscale=_HEATMAP_COLORSCALE,
             hoverongaps=False,
             colorbar={
-                "title": {"text": "gate / path-0 weight" if any_multipath else "gate value", "side": "top"},
-                "orientation": "h",
-                "y": -0.18,
-                "yanchor": "top",
+                "title": {"text": "gate / path-0 weight" if any_multipath else "gate value", "side": "right"},
                 "thickness": 12,
-                "len": 1.0,
             },
             hovertemplate="%{customdata[1]}<br>channel %{x}<br>%{customdata[0]}: %{z:.3f}<extra></extra>",
         )

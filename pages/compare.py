@@ -600,8 +600,8 @@ def _download_weights(model: str, device: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _compact(fig: go.Figure, height: int, top: int = 40) -> go.Figure:
-    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": top, "b": 10})
+def _compact(fig: go.Figure, height: int, top: int = 40, bottom: int = 10) -> go.Figure:
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": top, "b": bottom})
     return fig
 
 
@@ -995,14 +995,20 @@ def _apply_click(chart_key: str, y_key: str, x_key: str, h: int, w: int) -> None
 
 
 def _query_point(
-    model: str, grid: tuple[int, int], stride: tuple[float, float], picture, prefix: str = "compare_query"
+    model: str,
+    grid: tuple[int, int],
+    stride: tuple[float, float],
+    picture,
+    prefix: str = "compare_query",
+    stacked: bool = False,
 ) -> tuple[float, float]:
     """Draw the clickable query picker and the pixel sliders; return the query pixel (y, x).
 
     A click on the picture moves the sliders to the token under it (its centre), the first time and
     every time after: the chart's ``on_select`` callback runs once per click, before the page is
-    drawn again. The sliders also set the point directly. ``prefix`` names the widgets' keys
-    (``<prefix>_y``, ``<prefix>_x``, ``<prefix>_click_<model>``), one set per view.
+    drawn again. The sliders also set the point directly, beside the picture or under it
+    (``stacked``). ``prefix`` names the widgets' keys (``<prefix>_y``, ``<prefix>_x``,
+    ``<prefix>_click_<model>``), one set per view.
     """
     y_key, x_key = f"{prefix}_y", f"{prefix}_x"
     chart_key = f"{prefix}_click_{model}"
@@ -1012,7 +1018,7 @@ def _query_point(
         st.session_state[x_key] = w // 2
     st.session_state[y_key] = min(int(st.session_state[y_key]), h - 1)
     st.session_state[x_key] = min(int(st.session_state[x_key]), w - 1)
-    pick, controls = st.columns([3, 2])
+    pick, controls = (st.container(), st.container()) if stacked else st.columns([3, 2])
     with pick:
         point = (float(st.session_state[y_key]), float(st.session_state[x_key]))
         fig = render.query_figure(picture, grid, stride, point, title="Click a position to query it")
@@ -1227,7 +1233,7 @@ def _deformable_views(analyses: dict, settings: Settings, mode: str) -> None:
     detections = analysis.detections
     multi = len(record.levels) > 1
     picker = record.points.shape[0] > 1 and not (record.kind == "detr_decoder" and detections is not None)
-    left, right = st.columns([2, 3]) if picker and not multi else (st.container(), st.container())
+    left, right = st.columns(2) if picker and not multi else (st.container(), st.container())
     with left:
         if record.points.shape[0] == 1:
             query = 0
@@ -1253,7 +1259,7 @@ def _deformable_views(analyses: dict, settings: Settings, mode: str) -> None:
         else:
             grid = record.query_grid or (record.levels[0] if record.levels else (1, 1))
             stride = (hw[0] / grid[0], hw[1] / grid[1])
-            point = _query_point(model, grid, stride, picture, prefix="compare_deform")
+            point = _query_point(model, grid, stride, picture, prefix="compare_deform", stacked=not multi)
             query = sampling.nearest_query(record, point, hw)
     samples = sampling.query_samples(record, query, hw)
     where = (
@@ -1262,8 +1268,10 @@ def _deformable_views(analyses: dict, settings: Settings, mode: str) -> None:
         else (f" at pixel ({samples.query_point[0]:.0f}, {samples.query_point[1]:.0f})")
     )
     with right:
-        st.markdown(f"**Query {query}**{where} of `{record.layer}`: {record.points.shape[1]} "
-                    f"{record.group_name}s × {record.points.shape[2]} points")  # fmt: skip
+        groups = record.points.shape[1]
+        named = record.group_name + ("s" if groups != 1 else "")
+        points = record.points.shape[2]
+        st.markdown(f"**Query {query}**{where} of `{record.layer}`: {groups} {named} × {points} points")
         height = 380 if multi else (600 if picker else 720)
         st.plotly_chart(
             _compact(render.sampling_figure(picture, samples), height), key=f"compare_deform_points_{model}"

@@ -39,12 +39,16 @@ def _cache_folder(spec: attnviz.ModelSpec) -> str:
     return str(path.parent)
 
 
+# Short group names for the table (the Compare page's picker shows MODEL_GROUPS' headings).
+_GROUP = {"zoo": "zoo", "cnn": "CNN", "transformer": "transformer", "detector": "detector"}
+
+
 def _rows(specs: list[attnviz.ModelSpec]) -> list[dict[str, object]]:
     """One row per model: what it is."""
     return [
         {
             "model": spec.name,
-            "group": MODEL_GROUPS[spec.group].split(":")[0],
+            "group": _GROUP.get(spec.group, MODEL_GROUPS.get(spec.group, spec.group)),
             "attention": ", ".join(spec.attention) or "none (baseline)",
             "description": spec.description,
             "input": f"{spec.input_size[0]}x{spec.input_size[1]}",

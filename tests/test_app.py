@@ -752,7 +752,7 @@ def test_deformable_sampling_views_answer_a_query_point() -> None:
     [query] = [t for t in markdown_texts(at) if t.startswith("**Query")]
     row, col = 20 // 8, 50 // 8
     assert query.startswith(f"**Query {row * 12 + col}** at pixel ({row * 8 + 3.5:.0f}, {col * 8 + 3.5:.0f})")
-    assert "`attn2.body`" in query and "1 groups × 9 points" in query
+    assert "`attn2.body`" in query and "1 group × 9 points" in query
     assert any(c.startswith("Offset length (12x12)") for c in all_image_captions(at))
     # DAT: every query shares its sampled keys; no query picker
     at.segmented_control(key="compare_deform_model").set_value("zoo_dat").run()

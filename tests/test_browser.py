@@ -1,15 +1,27 @@
-"""End to end in a real browser: Playwright drives Debian's Chromium against ``streamlit run app.py``.
+"""What a person does, in a real browser: Playwright drives Debian's Chromium against the app.
+
+One server and one browser serve every test of this module; the comparison the tests share (a zoo
+CNN, a deformable zoo model and a vision transformer on a photo) is run once and its page is used by
+the tests that follow, in file order. Every control a person can touch is used, including clicks
+inside the Plotly query pickers (which AppTest cannot do), with assertions on what changes on
+screen; after every step no exception box may be on the page, and at the end the server's log may
+hold no traceback. Screenshots go to ``<pytest's base temp>/browser``.
 
 The server runs from the repository root on a free loopback port (its own ``.streamlit/config.toml``
 applies); the browser is ``/usr/bin/chromium`` from apt, since Playwright's own browser download
-cannot work here (``playwright install`` is never run). Without Playwright or Chromium the test
-skips, except under ``CI=true``, where it fails: CI installs both and must run it.
+cannot work here (``playwright install`` is never run), started with a fake camera. Without
+Playwright or Chromium the tests skip, except under ``CI=true``, where they fail: CI installs both and
+must run them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,18 +34,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 SAMPLE = ROOT / "assets" / "samples" / "cat.jpg"
-MODELS = ("zoo_cbam", "zoo_gc")  # the Compare page's defaults; their weights ship in assets/zoo/
+ZOO, DEFORMABLE, TRANSFORMER = "zoo_cbam", "zoo_deform", "deit_tiny_patch16_224"
+MODELS = (ZOO, DEFORMABLE, TRANSFORMER)
+PAGES = {"Compare": "Compare attention", "Scene lab": "Scene lab", "Leaderboard": "Leaderboard",
+         "Modules": "Modules", "Models": "Models"}  # fmt: skip
 # The server's first script run imports torch, timm and plotly: minutes on 2 busy cores, not seconds.
 START_TIMEOUT_S = 90
 RUN_TIMEOUT_MS = 180_000
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 HOSTILE_MESSAGE = "evil.png is not a supported image: JPEG, PNG, WebP or GIF expected"
+# The screenshot of a comparison that the README shows (made here, copied into assets/ small).
+README_SHOT = "readme_compare.jpg"
 
 # Arms a flag that is set once the script state leaves "notRunning" (the old value is recorded, so
 # a run shorter than one observer callback is still seen).
@@ -53,6 +71,14 @@ ARM_RUN_FLAG = """() => {
   });
 }"""
 RAN_AND_IDLE = f"() => window.__attnvizRan === true && document.querySelector({IDLE!r}) !== null"
+
+# Where a data point (x, y) of the Plotly chart under a selector is on the screen (viewport pixels).
+DATA_TO_SCREEN = """([selector, x, y]) => {
+  const gd = document.querySelector(selector + " .js-plotly-plot");
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const box = gd.getBoundingClientRect();
+  return [box.left + xa._offset + xa.d2p(x), box.top + ya._offset + ya.d2p(y)];
+}"""
 
 
 def _unavailable(reason: str) -> None:
@@ -90,16 +116,25 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """Debian's Chromium launched through Playwright (headless)."""
+    """Debian's Chromium launched through Playwright (headless), with a fake camera."""
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError:
         _unavailable("the playwright package is not installed (pip install playwright)")
     if not CHROMIUM.is_file():
         _unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
+    # Playwright's 5 s defaults are short for a busy 2-core CI machine.
+    expect.set_options(timeout=60_000)
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+            ],
         )
         try:
             yield browser
@@ -109,7 +144,7 @@ def chromium() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``<pytest's base temp>/browser``: screenshots, the downloaded ZIP and the server's log."""
+    """``<pytest's base temp>/browser``: screenshots, downloads and the server's log."""
     return tmp_path_factory.mktemp("browser", numbered=False)
 
 
@@ -137,6 +172,19 @@ def app_url(out_dir: Path) -> Iterator[str]:
         _stop(proc)
 
 
+def _new_page(chromium: Any, app_url: str) -> Any:
+    """A fresh session (its own context: cookies, camera permission, downloads) on the app."""
+    context = chromium.new_context(
+        viewport={"width": 1600, "height": 1000}, accept_downloads=True, permissions=["camera"]
+    )
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.on("dialog", lambda d: d.dismiss())
+    page.goto(app_url)
+    page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS)
+    return page
+
+
 def _rerun(page: Any, action: Callable[[], object], timeout_ms: int = RUN_TIMEOUT_MS) -> None:
     """Do ``action`` and wait until the script it triggers has run and the app is idle again."""
     page.evaluate(ARM_RUN_FLAG)
@@ -144,101 +192,431 @@ def _rerun(page: Any, action: Callable[[], object], timeout_ms: int = RUN_TIMEOU
     page.wait_for_function(RAN_AND_IDLE, timeout=timeout_ms)
 
 
-def _screenshot(page: Any, path: Path) -> None:
-    """The whole page: Streamlit scrolls inside its main block, so the viewport grows to fit it."""
+def _no_exception(page: Any) -> None:
+    """No exception box anywhere on the page (the app shows one when a script run raises)."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+def _screenshot(page: Any, path: Path, start: str | None = None, height: int | None = None) -> None:
+    """The whole page, or ``height`` pixels of it from the element ``start`` on (the main block's
+    width): Streamlit scrolls inside its main block, so the viewport grows to fit it."""
     size = page.viewport_size
-    height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
-    page.set_viewport_size({"width": size["width"], "height": min(max(height, size["height"]), 8000)})
+    full = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
+    page.set_viewport_size({"width": size["width"], "height": min(max(full, size["height"]), 16000)})
     try:
+        time.sleep(0.5)  # images that arrived with the last message get painted
         page.screenshot(path=str(path), full_page=True)
+        if start is not None:
+            main = page.get_by_test_id("stMainBlockContainer").bounding_box()
+            top = page.locator(start).first.bounding_box()["y"] - 16
+            with Image.open(path) as img:
+                box = (int(main["x"]), int(top), int(main["x"] + main["width"]), int(top + (height or full)))
+                img.crop(box).save(path)
     finally:
         page.set_viewport_size(size)
 
 
-def test_compare_two_models_then_hostile_upload(
-    chromium: Any, app_url: str, out_dir: Path, record_property: Callable[[str, object], None]
-) -> None:
-    """Upload a photo, compare the two default zoo models, download the ZIP, then upload a fake PNG."""
+def _key(key: str) -> str:
+    """The CSS selector of the element Streamlit drew for a widget or chart with this key."""
+    return f".st-key-{key}"
+
+
+def _slider_value(page: Any, key: str) -> str:
+    return page.locator(f"{_key(key)} [data-testid='stSliderThumbValue']").inner_text()
+
+
+def _pill(page: Any, name: str) -> Any:
+    return page.get_by_test_id("stButtonGroup").get_by_role("button", name=name, exact=True)
+
+
+def _image_srcs(page: Any, caption: str) -> list[str]:
+    """The ``src`` of every picture whose caption contains ``caption``."""
+    figures = page.get_by_test_id("stImage").filter(has_text=caption)
+    return [img.get_attribute("src") for img in figures.locator("img").all()]
+
+
+def _click_data_point(page: Any, chart_key: str, x: float, y: float) -> None:
+    """Click the Plotly chart with key ``chart_key`` where its data point (x, y) is drawn."""
+    chart = page.locator(_key(chart_key))
+    chart.scroll_into_view_if_needed()
+    time.sleep(0.3)
+    px, py = page.evaluate(DATA_TO_SCREEN, [_key(chart_key), x, y])
+    _rerun(page, lambda: page.mouse.click(px, py))
+
+
+def _label(button: Any) -> str:
+    """A button's text, without its icon's name."""
+    return button.get_by_test_id("stMarkdownContainer").inner_text().strip()
+
+
+def _download(page: Any, button: Any, out_dir: Path, name: str) -> Path:
+    with page.expect_download(timeout=RUN_TIMEOUT_MS) as info:
+        button.locator("button").click()
+    path = out_dir / name
+    info.value.save_as(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def comparison(chromium: Any, app_url: str, out_dir: Path) -> Iterator[Any]:
+    """A page that compared the zoo CNN, the deformable zoo model and the transformer on a photo."""
     from playwright.sync_api import expect
 
-    # Playwright's 5 s defaults are short for a busy 2-core CI machine.
-    expect.set_options(timeout=30_000)
-    page = chromium.new_page(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
-    page.set_default_timeout(60_000)
-    dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page = _new_page(chromium, app_url)
     try:
-        page.goto(app_url)
-        # The key's container also holds a hidden copy of the button: the role query skips it.
-        run_button = page.locator(".st-key-compare_run").get_by_role("button", name="Run")
-        expect(run_button).to_be_visible(timeout=RUN_TIMEOUT_MS)
-        page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS)
-        expect(page.get_by_role("heading", name="Compare attention")).to_be_visible()
-        # The defaults are the two zoo models; nothing else is chosen.
-        for model in MODELS:
-            expect(page.get_by_test_id("stMultiSelect").get_by_text(model, exact=True)).to_be_visible()
-
         uploader = page.get_by_test_id("stFileUploaderDropzoneInput")
         _rerun(page, lambda: uploader.set_input_files(str(SAMPLE)))
         expect(page.get_by_text("cat.jpg", exact=True)).to_be_visible()
-        expect(run_button).to_be_enabled()
-
-        _rerun(page, run_button.click)
-        zip_button = page.get_by_test_id("stDownloadButton").filter(has_text="Download everything (ZIP")
-        expect(zip_button).to_be_visible(timeout=RUN_TIMEOUT_MS)
-        # One uploaded image (it replaces the default sample) times two models.
-        expect(zip_button).to_contain_text("2 result(s)")
-        for model in MODELS:
-            heading = page.get_by_role("heading", name=model, exact=True)
-            expect(heading).to_be_visible()
-            column = page.get_by_test_id("stColumn").filter(has=heading)
-            expect(column).to_have_count(1)
-            # Grad-CAM plus the block's spatial map, each with its PNG download (the expects retry:
-            # images may arrive just after the script has finished).
-            expect(column.get_by_text("Grad-CAM at ")).to_be_visible()
-            expect(column.get_by_test_id("stImage").nth(1)).to_be_visible()
-            expect(column.get_by_test_id("stDownloadButton").nth(1)).to_be_visible()
-        expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
-        expect(page.get_by_test_id("stException")).to_have_count(0)
-
-        screenshot = out_dir / "compare.png"
-        _screenshot(page, screenshot)
-        record_property("screenshot", str(screenshot))
-        print(f"\nbrowser screenshot: {screenshot}")
-
-        with page.expect_download(timeout=RUN_TIMEOUT_MS) as info:
-            zip_button.locator("button").click()
-        bundle = out_dir / "attnviz_results.zip"
-        info.value.save_as(bundle)
-        with zipfile.ZipFile(bundle) as zf:
-            names = zf.namelist()
-        assert "summary.json" in names
-        for model in MODELS:
-            # One folder per image stem and model: the upload's own name, not a sample's.
-            assert f"cat/{model}/gradcam.png" in names, (model, names[:20])
-
-        hostile = out_dir / "evil.png"
-        hostile.write_text("<script>alert(1)</script>\n")
-        _rerun(page, lambda: uploader.set_input_files(str(hostile)))
-        error = page.get_by_test_id("stAlertContentError").filter(has_text=HOSTILE_MESSAGE)
-        expect(error).to_have_count(1)
-        expect(page.get_by_test_id("stException")).to_have_count(0)
-        # the results still belong to the inputs: no "press Run to update" for a refused upload
-        expect(page.get_by_test_id("stAlertContentInfo")).to_have_count(0)
-        _screenshot(page, out_dir / "hostile.png")
-
-        # The app keeps serving: the last results are still there and another run completes.
-        expect(run_button).to_be_enabled()
-        _rerun(page, run_button.click)
-        expect(zip_button).to_be_visible()
-        for model in MODELS:
-            expect(page.get_by_role("heading", name=model, exact=True)).to_be_visible()
-        expect(page.get_by_test_id("stException")).to_have_count(0)
-        assert dialogs == [], f"the page opened dialogs: {dialogs}"
+        _rerun(page, lambda: _pill(page, "zoo_gc").click())  # a default: not in this comparison
+        for model in (DEFORMABLE, TRANSFORMER):
+            _rerun(page, lambda m=model: _pill(page, m).click())
+        run = page.locator(_key("compare_run")).get_by_role("button", name="Run")
+        _rerun(page, run.click)
+        expect(
+            page.get_by_test_id("stDownloadButton").filter(has_text="Download everything (ZIP")
+        ).to_be_visible(timeout=RUN_TIMEOUT_MS)
+        _no_exception(page)
+        yield page
     except Exception:
         with contextlib.suppress(Exception):
-            _screenshot(page, out_dir / "failure.png")
-        print(f"\nbrowser failure screenshot and server log in {out_dir}")
+            _screenshot(page, out_dir / "failure_comparison.png")
         raise
     finally:
-        page.close()
+        page.context.close()
+
+
+@contextlib.contextmanager
+def _shot_on_failure(page: Any, path: Path) -> Iterator[None]:
+    """Leave a screenshot of ``page`` at ``path`` when the block fails."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            _screenshot(page, path)
+        raise
+
+
+# --------------------------------------------------------------------------------------------------
+# Navigation
+# --------------------------------------------------------------------------------------------------
+
+
+def test_every_page_of_the_navigation_opens(chromium: Any, app_url: str, out_dir: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = _new_page(chromium, app_url)
+    try:
+        with _shot_on_failure(page, out_dir / "failure_navigation.png"):
+            for link, title in PAGES.items():
+                _rerun(
+                    page,
+                    lambda link=link: (
+                        page.get_by_test_id("stSidebarNav").get_by_role("link", name=link).click()
+                    ),
+                )
+                expect(page.get_by_role("heading", name=title, level=1)).to_be_visible()
+                page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS)
+                _no_exception(page)
+                expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
+                _screenshot(page, out_dir / f"page_{link.lower().replace(' ', '_')}.png")
+            # the Scene lab: every zoo model on a scene, each map with its colour bar, on one page scale
+            _rerun(
+                page,
+                lambda: page.get_by_test_id("stSidebarNav").get_by_role("link", name="Scene lab").click(),
+            )
+            expect(page.get_by_role("heading", name="zoo_gc", exact=True)).to_be_visible(
+                timeout=RUN_TIMEOUT_MS
+            )
+            captions = page.get_by_test_id("stImageCaption")
+            expect(captions.filter(has_text="scale: absolute")).not_to_have_count(0)
+            _rerun(
+                page,
+                lambda: page.locator(_key("scene_scale")).get_by_role("radio", name="stretched").click(),
+            )
+            expect(captions.filter(has_text="scale: stretched")).not_to_have_count(0)
+            _no_exception(page)
+            # the Models page's tables: every model, and where the weights go
+            _rerun(
+                page, lambda: page.get_by_test_id("stSidebarNav").get_by_role("link", name="Models").click()
+            )
+            expect(page.get_by_test_id("stDataFrame")).to_have_count(2)
+    finally:
+        page.context.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# The comparison
+# --------------------------------------------------------------------------------------------------
+
+
+def test_comparison_shows_each_column_with_its_scales_and_notices(comparison: Any, out_dir: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = comparison
+    with _shot_on_failure(page, out_dir / "failure_comparison.png"):
+        for model in MODELS:
+            expect(page.get_by_role("heading", name=model[:15] if len(model) > 15 else model)).to_be_visible()
+        # the zoo models say the photo is not their ground; the random transformer says it is untrained
+        expect(
+            page.get_by_test_id("stAlertContentInfo").filter(has_text="Trained on generated shapes only")
+        ).to_have_count(2)
+        expect(page.get_by_test_id("stAlertContentWarning").filter(has_text="Untrained")).to_have_count(1)
+        # every map carries its scale: the caption names the quantity, the values and the scale
+        captions = page.get_by_test_id("stImageCaption")
+        expect(captions.filter(has_text="gate value · values")).to_have_count(1)  # CBAM's spatial gate
+        expect(captions.filter(has_text="share of sampling weight · values")).to_have_count(1)
+        expect(captions.filter(has_text="attention probability · values")).not_to_have_count(0)
+        expect(captions.filter(has_text="Grad-CAM relevance · values")).to_have_count(3)
+        # the zoo columns open on the block their card names
+        expect(page.get_by_text(re.compile(r"^★ block 0 finds the object best"))).to_have_count(2)
+        _no_exception(page)
+        _screenshot(page, out_dir / "compare.png")
+        # the README's picture of a comparison: the columns, scaled down
+        _screenshot(page, out_dir / "compare_columns.png", start=_key("compare_scale"), height=2350)
+        with Image.open(out_dir / "compare_columns.png") as img:
+            small = img.convert("RGB").resize(
+                (img.width * 3 // 5, img.height * 3 // 5), Image.Resampling.LANCZOS
+            )
+            small.save(out_dir / README_SHOT, quality=85, optimize=True)
+
+
+def test_clicks_in_the_query_pickers_move_the_query_every_time(comparison: Any, out_dir: Path) -> None:
+    """The click that used to crash the page (KeyError in _point_of_click): each click moves the query."""
+    from playwright.sync_api import expect
+
+    page = comparison
+    with _shot_on_failure(page, out_dir / "failure_clicks.png"):
+        # the transformer's query point: 14 x 14 tokens of 16 px
+        _rerun(page, lambda: page.get_by_role("tab", name="Query point").click())
+        chart = f"compare_query_click_{TRANSFORMER}"
+        expect(page.locator(_key(chart))).to_be_visible()
+        before = _image_srcs(page, "mean of heads")
+        for row, col in ((3, 10), (12, 1), (3, 10)):  # and back: every click counts, not only the first
+            y, x = (row + 0.5) * 16 - 0.5, (col + 0.5) * 16 - 0.5
+            _click_data_point(page, chart, x, y)
+            _no_exception(page)
+            expect(page.locator(_key("compare_query_y")).get_by_test_id("stSliderThumbValue")).to_have_text(
+                str(round(y))
+            )
+            expect(page.locator(_key("compare_query_x")).get_by_test_id("stSliderThumbValue")).to_have_text(
+                str(round(x))
+            )
+            expect(page.get_by_text(re.compile(rf"^Query token \({row}, {col}\)"))).to_be_visible()
+        after = _image_srcs(page, "mean of heads")
+        assert before and after and before != after  # the query map was drawn again for the new point
+        # a slider moves the point too, and a click after it still counts
+        page.locator(_key("compare_query_x")).get_by_role("slider").focus()
+        _rerun(page, lambda: page.keyboard.press("Home"))
+        expect(page.get_by_text(re.compile(r"^Query token \(3, 0\)"))).to_be_visible()
+        _click_data_point(page, chart, 10.5 * 16 - 0.5, 3.5 * 16 - 0.5)
+        expect(page.get_by_text(re.compile(r"^Query token \(3, 10\)"))).to_be_visible()
+        _screenshot(page, out_dir / "query_point.png")
+
+        # the deformable convolution's query: a 12 x 12 grid of 8 px over the zoo's 96 px input
+        chart = f"compare_deform_click_{DEFORMABLE}"
+        page.locator(_key(chart)).scroll_into_view_if_needed()
+        for row, col in ((2, 9), (10, 3)):
+            y, x = (row + 0.5) * 8 - 0.5, (col + 0.5) * 8 - 0.5
+            _click_data_point(page, chart, x, y)
+            _no_exception(page)
+            expect(page.locator(_key("compare_deform_y")).get_by_test_id("stSliderThumbValue")).to_have_text(
+                str(round(y))
+            )
+            expect(page.locator(_key("compare_deform_x")).get_by_test_id("stSliderThumbValue")).to_have_text(
+                str(round(x))
+            )
+            expect(page.get_by_text(re.compile(rf"^Query {row * 12 + col} at pixel"))).to_be_visible()
+        _screenshot(page, out_dir / "deformable.png")
+
+
+def test_every_tab_and_expander_opens(comparison: Any, out_dir: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = comparison
+    with _shot_on_failure(page, out_dir / "failure_tabs.png"):
+        for tab, shows in (
+            ("Heads × layers", re.compile(r"^Every layer \(rows L0")),
+            ("Query point", re.compile(r"^Query token")),
+            ("Rollout", re.compile(r"^Rollout through 12 layers")),
+            ("Head statistics", re.compile(r"^distance: per grid query")),
+        ):
+            _rerun(page, lambda tab=tab: page.get_by_role("tab", name=tab).click())
+            expect(page.get_by_text(shows).first).to_be_visible()
+            _no_exception(page)
+            layer = page.locator(_key("compare_vit_layer_12"))
+            # the layer picker is where a layer is read (heads, query point), not on rollout or statistics
+            expect(layer).to_have_count(1 if tab in ("Heads × layers", "Query point") else 0)
+            if tab == "Rollout":  # its formula typeset, with its asterisks' meaning intact
+                expect(page.locator(".katex").first).to_be_visible()
+            if tab == "Head statistics":  # a legend says what the dots and the line are
+                legend = page.locator(_key(f"compare_vit_stats_{TRANSFORMER}")).locator(".legendtext")
+                expect(legend).to_have_text(["one head", "mean over the layer's heads"])
+        for label in ("All blocks × channels", "Gate statistics per block"):
+            expander = page.get_by_test_id("stExpander").filter(has_text=label)
+            expect(expander).to_have_count(1)  # the zoo CNN's channels (the others have none)
+            _rerun(page, lambda e=expander: e.locator("summary").click())
+            expect(expander.locator(".js-plotly-plot")).to_have_count(1)
+            _no_exception(page)
+        _screenshot(page, out_dir / "tabs_and_expanders.png")
+
+
+def test_every_download(comparison: Any, out_dir: Path) -> None:
+    page = comparison
+    with _shot_on_failure(page, out_dir / "failure_downloads.png"):
+        buttons = page.get_by_test_id("stDownloadButton")
+        names = {_label(b) for b in buttons.all()}
+        assert {"Top-5 (CSV)", "Grad-CAM (PNG)", "Attention map (PNG)", "Channel weights (CSV)"} <= names, (
+            names
+        )
+        seen = 0
+        for k, button in enumerate(buttons.all()):
+            label = _label(button)
+            path = _download(page, button, out_dir, f"download_{k}")
+            data = path.read_bytes()
+            if label.endswith("(PNG)"):
+                with Image.open(io.BytesIO(data)) as img:
+                    assert (
+                        img.format == "PNG" and img.width >= 448 and img.height > img.width
+                    )  # with its colour bar
+            elif label == "Top-5 (CSV)":
+                rows = list(csv.reader(io.StringIO(data.decode())))
+                assert rows[0] == ["rank", "class", "label", "probability"] and len(rows) == 6
+            elif label == "Channel weights (CSV)":
+                assert data.decode().startswith("channel,gate\n")
+            else:
+                assert label.startswith("Download everything (ZIP, 3 result(s))"), label
+                with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                    summary = json.loads(zf.read("summary.json"))
+                    assert {f"cat/{m}/gradcam.png" for m in MODELS} <= set(zf.namelist())
+                assert [r["model"] for r in summary["results"]] == list(MODELS)
+                assert all(r["overlay_scale"]["mode"] == "absolute" for r in summary["results"])
+            seen += 1
+            _no_exception(page)
+        assert seen == buttons.count() >= 10
+
+
+def test_page_controls_change_what_is_shown(comparison: Any, out_dir: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = comparison
+    with _shot_on_failure(page, out_dir / "failure_controls.png"):
+        captions = page.get_by_test_id("stImageCaption")
+        # the colour scale: absolute by default, stretched on request, and the captions say which
+        _rerun(
+            page, lambda: page.locator(_key("compare_scale")).get_by_role("radio", name="stretched").click()
+        )
+        expect(captions.filter(has_text="scale: stretched to this map's own range")).not_to_have_count(0)
+        _rerun(
+            page, lambda: page.locator(_key("compare_scale")).get_by_role("radio", name="absolute").click()
+        )
+        expect(captions.filter(has_text="scale: stretched")).to_have_count(0)
+        # sorting the channel bars
+        _rerun(page, lambda: page.locator(_key("compare_sort")).get_by_text("Sort channels").click())
+        _no_exception(page)
+        # a column's block: the zoo CNN's second block; its card's best block stays marked
+        slider = page.locator(_key(f"compare_block_{ZOO}_2")).get_by_role("slider")
+        slider.focus()
+        _rerun(page, lambda: page.keyboard.press("End"))
+        # zoo_cbam moved to its second block; zoo_deform stays on its card's first
+        expect(page.get_by_text("Block 2 of 2", exact=False)).to_have_count(1)
+        expect(page.get_by_text("Block 1 of 2", exact=False)).to_have_count(1)
+        expect(page.get_by_text("The card's best block is 0 ★.")).to_be_visible()
+        # Grad-CAM of another class: the zoo CNN explains "circle"
+        target = page.locator(f"[class*='st-key-compare_cam_target_{ZOO}_']").get_by_role("combobox")
+        target.click()
+        target.fill("circle")
+        _rerun(page, lambda: page.get_by_role("option", name=re.compile("^circle")).first.click())
+        expect(captions.filter(has_text="for “circle”")).to_have_count(1)
+        _no_exception(page)
+        # a model more than four: refused with a message where it bites
+        for model in ("zoo_se", "zoo_eca"):
+            _rerun(page, lambda m=model: _pill(page, m).click())
+        expect(
+            page.get_by_test_id("stAlertContentWarning").filter(has_text="at most 4 models")
+        ).to_have_count(1)
+        expect(
+            page.get_by_test_id("stAlertContentWarning").filter(has_text="zoo_eca was not added")
+        ).to_have_count(1)
+        _rerun(page, lambda: _pill(page, "zoo_se").click())  # back to the three
+        _no_exception(page)
+        _screenshot(page, out_dir / "controls.png")
+
+
+def test_every_sidebar_setting_redraws_the_maps(comparison: Any, out_dir: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = comparison
+    with _shot_on_failure(page, out_dir / "failure_sidebar.png"):
+        sidebar = page.get_by_test_id("stSidebar")
+        before = _image_srcs(page, "Grad-CAM relevance")
+        sidebar.locator(_key("sidebar_cmap")).get_by_role("combobox").click()
+        _rerun(page, lambda: page.get_by_role("option", name="viridis", exact=True).click())
+        after = _image_srcs(page, "Grad-CAM relevance")
+        assert before and after and set(before).isdisjoint(after)  # every map redrawn in the new colours
+        slider = sidebar.locator(_key("sidebar_alpha")).get_by_role("slider")
+        slider.focus()
+        _rerun(page, lambda: page.keyboard.press("End"))
+        expect(sidebar.locator(_key("sidebar_alpha")).get_by_test_id("stSliderThumbValue")).to_have_text(
+            "1.00"
+        )
+        assert set(_image_srcs(page, "Grad-CAM relevance")).isdisjoint(after)
+        sidebar.locator(_key("sidebar_device")).get_by_role("combobox").click()
+        _rerun(page, lambda: page.get_by_role("option", name="cpu", exact=True).click())
+        # auto and cpu are the same device here: the results stand, nothing asks for a new run
+        expect(
+            page.get_by_test_id("stAlertContentInfo").filter(has_text="press Run to update")
+        ).to_have_count(0)
+        _no_exception(page)
+
+
+def test_a_camera_photo_and_a_hostile_upload(chromium: Any, app_url: str, out_dir: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = _new_page(chromium, app_url)
+    try:
+        with _shot_on_failure(page, out_dir / "failure_camera.png"):
+            _rerun(page, lambda: page.locator(_key("compare_camera_on")).get_by_text("Camera").click())
+            camera = page.get_by_test_id("stCameraInput")
+            expect(camera.locator("video")).to_be_visible()
+            page.wait_for_function(  # the fake camera is streaming
+                "() => { const v = document.querySelector(\"[data-testid='stCameraInput'] video\");"
+                " return v && v.readyState >= 2 && v.videoWidth > 0; }"
+            )
+            camera.get_by_role("button", name="Take Photo").click()
+            expect(camera.locator("img")).to_be_visible()  # the photo taken, uploaded, and the page rerun
+            page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS)
+            _no_exception(page)
+            _rerun(page, lambda: _pill(page, "zoo_gc").click())  # zoo_cbam alone
+            run = page.locator(_key("compare_run")).get_by_role("button", name="Run")
+            _rerun(page, run.click)
+            # the photo comes first among the images (then the default sample scene)
+            expect(page.locator(_key("compare_image")).get_by_role("combobox")).to_have_value(
+                re.compile(r"^camera_[0-9a-f]{8}\.jpg$")
+            )
+            expect(page.get_by_role("heading", name="zoo_cbam", exact=True)).to_be_visible()
+            _no_exception(page)
+            _screenshot(page, out_dir / "camera.png")
+
+            hostile = out_dir / "evil.png"
+            hostile.write_text("<script>alert(1)</script>\n")
+            uploader = page.get_by_test_id("stFileUploaderDropzoneInput")
+            _rerun(page, lambda: uploader.set_input_files(str(hostile)))
+            expect(page.get_by_test_id("stAlertContentError").filter(has_text=HOSTILE_MESSAGE)).to_have_count(
+                1
+            )
+            _no_exception(page)
+            # the app keeps serving: another run completes
+            _rerun(page, run.click)
+            expect(page.get_by_role("heading", name="zoo_cbam", exact=True)).to_be_visible()
+            _no_exception(page)
+            _screenshot(page, out_dir / "hostile.png")
+    finally:
+        page.context.close()
+
+
+def test_the_server_logged_no_exception(app_url: str, out_dir: Path) -> None:
+    """Whatever the browser did, no script run raised: the server's log holds no traceback."""
+    log = (out_dir / "server.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[-4000:]

@@ -300,7 +300,7 @@ def test_block_channel_heatmap_pads_with_nan_and_keeps_values(rng: np.random.Gen
     # short row labels (the narrow column keeps its width for the cells); the layer is in the hover
     assert list(trace.y) == ["block 0", "block 1", "block 2"]
     assert (trace.zmin, trace.zmax) == (0.0, 1.0)
-    assert "path-0" in trace.colorbar.title.text and trace.colorbar.orientation == "h"
+    assert "path-0" in trace.colorbar.title.text
     assert trace.customdata[2][0][0] == "weight of 3x3" and trace.customdata[2][0][1] == "2: layer3.0.sk"
     assert trace.customdata[0][0][0] == "gate" and trace.customdata[0][0][1] == "0: layer1.0.se"
 
