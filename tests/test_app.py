@@ -805,3 +805,12 @@ def test_stored_results_are_trimmed_by_bytes_keeping_the_current_run(compare_pag
     assert list(store) == ["old2", "old3", "current"]  # the oldest go first
     compare_page._trim_bytes(store, 1, keep=["current"])
     assert list(store) == ["current"]  # never the current run's
+
+
+def test_the_readme_shows_a_small_screenshot_of_a_comparison() -> None:
+    """Made by the browser suite (``readme_compare.jpg``) and committed small under assets/."""
+    path = ROOT / "assets" / "screenshots" / "compare.jpg"
+    assert "(assets/screenshots/compare.jpg)" in (ROOT / "README.md").read_text()
+    assert path.stat().st_size <= 300_000
+    with Image.open(path) as img:
+        assert img.format == "JPEG" and img.width >= 600 and img.height >= img.width
