@@ -1257,15 +1257,16 @@ def draw_detections(image: Image.Image | np.ndarray, detections, *, top: int = 2
     img = Image.fromarray(_as_rgb_array(image).copy())
     draw = ImageDraw.Draw(img)
     width = max(2, round(min(img.size) / 250))
+    fnt = font(max(12, round(min(img.size) / 45)))  # readable when the picture is fitted to a column
     for k in range(min(int(top), len(detections.labels))):
         x0, y0, x1, y1 = (float(v) for v in detections.boxes[k])
         colour = _group_colour(int(detections.classes[k]))
         draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
         text = f"{detections.labels[k]} {float(detections.scores[k]):.0%}"
-        left, top_, right, bottom = draw.textbbox((x0, y0), text)
-        ty = max(0.0, y0 - (bottom - top_) - 2)
-        draw.rectangle([x0, ty, x0 + (right - left) + 4, ty + (bottom - top_) + 2], fill=colour)
-        draw.text((x0 + 2, ty), text, fill=(255, 255, 255))
+        left, top_, right, bottom = draw.textbbox((x0, y0), text, font=fnt)
+        ty = max(0.0, y0 - (bottom - top_) - 4)
+        draw.rectangle([x0, ty, x0 + (right - left) + 6, ty + (bottom - top_) + 4], fill=colour)
+        draw.text((x0 + 3, ty + 2 - (top_ - y0)), text, fill=(255, 255, 255), font=fnt)
     return img
 
 
