@@ -93,6 +93,15 @@ class _Column:
         return [x for cell in self.cells for x in cell.get(kind)]
 
 
+def compare(models: list[str]) -> AppTest:
+    """A fresh session that picked ``models`` and pressed Run (on the default sample scene)."""
+    at = open_app()
+    choose(at, models)
+    at.button(key="compare_run").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
 def model_column(at: AppTest, model: str) -> _Column:
     """The cells of ``model``'s column: the same position in each of the grid's rows of columns."""
     models = list(at.session_state["compare_last_run"].models)
@@ -344,10 +353,7 @@ def test_compare_two_models_side_by_side(monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.mark.slow
 def test_a_trained_zoo_model_beside_an_untrained_transformer_and_a_random_override() -> None:
-    at = open_app()
-    choose(at, ["zoo_gc", "deit_tiny_patch16_224"])
-    at.button(key="compare_run").click().run()
-    assert not at.exception, at.exception
+    at = compare(["zoo_gc", "deit_tiny_patch16_224"])
     # the zoo runs its trained weights, the transformer random ones (not on this machine): one banner
     keys = {k[1]: k[2] for k in at.session_state["compare_results"]}
     assert keys == {"zoo_gc": "pretrained", "deit_tiny_patch16_224": "random"}
@@ -394,10 +400,7 @@ def test_zoo_models_on_a_photo_say_they_are_out_of_their_domain() -> None:
 
 @pytest.mark.slow
 def test_maps_of_one_kind_share_a_scale_across_columns_and_stretched_says_so() -> None:
-    at = open_app()
-    choose(at, ["zoo_gc", "zoo_nonlocal", "zoo_cbam"])
-    at.button(key="compare_run").click().run()
-    assert not at.exception, at.exception
+    at = compare(["zoo_gc", "zoo_nonlocal", "zoo_cbam"])
     at.select_slider(key="compare_block_zoo_gc_2").set_value(1).run()  # both on their 6x6 block
     captions = {
         m: all_image_captions(model_column(at, m))[-1] for m in ("zoo_gc", "zoo_nonlocal", "zoo_cbam")
@@ -427,10 +430,7 @@ def test_maps_of_one_kind_share_a_scale_across_columns_and_stretched_says_so() -
 
 @pytest.mark.slow
 def test_gradcam_explains_the_class_a_teacher_picks() -> None:
-    at = open_app()
-    choose(at, ["zoo_cbam"])
-    at.button(key="compare_run").click().run()
-    assert not at.exception, at.exception
+    at = compare(["zoo_cbam"])
     [result] = at.session_state["compare_results"].values()
     picker = at.selectbox(key=next(k for k in at.session_state if str(k).startswith("compare_cam_target_")))
     # the top-5 first, then every other class of the model
@@ -482,10 +482,7 @@ def test_a_failing_model_errs_in_its_own_column(
     import ui.picker
 
     monkeypatch.setattr(ui.picker, "default_weights", lambda spec: "pretrained")
-    at = open_app()
-    choose(at, ["mobilenet_v3_large", "skresnet18", "resnest14d"])
-    at.button(key="compare_run").click().run()
-    assert not at.exception, at.exception
+    at = compare(["mobilenet_v3_large", "skresnet18", "resnest14d"])
 
     good = model_column(at, "mobilenet_v3_large")
     assert not good.error and len(good.get("plotly_chart")) == 2  # top-5, channels (expanders closed)
@@ -654,10 +651,7 @@ def test_vit_and_cnn_side_by_side_with_query_point() -> None:
 
 @pytest.mark.slow
 def test_swin_query_point_in_window_coordinates() -> None:
-    at = open_app()
-    choose(at, ["swin_t"])
-    at.button(key="compare_run").click().run()
-    assert not at.exception, at.exception
+    at = compare(["swin_t"])
     open_view(at, "Query point")
     at.select_slider(key="compare_vit_layer_12").set_value(0).run()
     at.slider(key="compare_query_y").set_value(10)
@@ -688,10 +682,7 @@ TRANSFORMERS = [
 @pytest.mark.slow
 @pytest.mark.parametrize("model", TRANSFORMERS)
 def test_every_transformer_is_browsable_in_the_app(model: str) -> None:
-    at = open_app()
-    choose(at, [model])
-    at.button(key="compare_run").click().run()
-    assert not at.exception, at.exception
+    at = compare([model])
     assert not at.error, [e.value for e in at.error]
     [analysis] = at.session_state["compare_results"].values()
     layers = attnviz.vit.self_attention_records(analysis)
@@ -764,10 +755,7 @@ def test_deformable_sampling_views_answer_a_query_point() -> None:
 
 @pytest.mark.slow
 def test_deformable_detr_detections_and_decoder_queries_in_the_app() -> None:
-    at = open_app()
-    choose(at, ["deformable_detr", "zoo_deform"])
-    at.button(key="compare_run").click().run()
-    assert not at.exception, at.exception
+    at = compare(["deformable_detr", "zoo_deform"])
     assert not at.error, [e.value for e in at.error]
     detr = model_column(at, "deformable_detr")
     assert any("detection(s) with score > 50 %" in c for c in all_image_captions(detr))

@@ -246,6 +246,18 @@ def _click_data_point(page: Any, chart_key: str, x: float, y: float) -> None:
     _rerun(page, lambda: page.mouse.click(px, py))
 
 
+def _click_token(page: Any, chart_key: str, sliders: str, token: tuple[int, int], stride: int) -> None:
+    """Click the centre of token (row, col) in a query picker; its pixel sliders must then show it."""
+    from playwright.sync_api import expect
+
+    y, x = ((v + 0.5) * stride - 0.5 for v in token)
+    _click_data_point(page, chart_key, x, y)
+    _no_exception(page)
+    for axis, value in (("y", y), ("x", x)):
+        thumb = page.locator(_key(f"{sliders}_{axis}")).get_by_test_id("stSliderThumbValue")
+        expect(thumb).to_have_text(str(round(value)))
+
+
 def _label(button: Any) -> str:
     """A button's text, without its icon's name."""
     return button.get_by_test_id("stMarkdownContainer").inner_text().strip()
@@ -394,15 +406,7 @@ def test_clicks_in_the_query_pickers_move_the_query_every_time(comparison: Any, 
         expect(page.locator(_key(chart))).to_be_visible()
         before = _image_srcs(page, "mean of heads")
         for row, col in ((3, 10), (12, 1), (3, 10)):  # and back: every click counts, not only the first
-            y, x = (row + 0.5) * 16 - 0.5, (col + 0.5) * 16 - 0.5
-            _click_data_point(page, chart, x, y)
-            _no_exception(page)
-            expect(page.locator(_key("compare_query_y")).get_by_test_id("stSliderThumbValue")).to_have_text(
-                str(round(y))
-            )
-            expect(page.locator(_key("compare_query_x")).get_by_test_id("stSliderThumbValue")).to_have_text(
-                str(round(x))
-            )
+            _click_token(page, chart, "compare_query", (row, col), 16)
             expect(page.get_by_text(re.compile(rf"^Query token \({row}, {col}\)"))).to_be_visible()
         after = _image_srcs(page, "mean of heads")
         assert before and after and before != after  # the query map was drawn again for the new point
@@ -418,15 +422,7 @@ def test_clicks_in_the_query_pickers_move_the_query_every_time(comparison: Any, 
         chart = f"compare_deform_click_{DEFORMABLE}"
         page.locator(_key(chart)).scroll_into_view_if_needed()
         for row, col in ((2, 9), (10, 3)):
-            y, x = (row + 0.5) * 8 - 0.5, (col + 0.5) * 8 - 0.5
-            _click_data_point(page, chart, x, y)
-            _no_exception(page)
-            expect(page.locator(_key("compare_deform_y")).get_by_test_id("stSliderThumbValue")).to_have_text(
-                str(round(y))
-            )
-            expect(page.locator(_key("compare_deform_x")).get_by_test_id("stSliderThumbValue")).to_have_text(
-                str(round(x))
-            )
+            _click_token(page, chart, "compare_deform", (row, col), 8)
             expect(page.get_by_text(re.compile(rf"^Query {row * 12 + col} at pixel"))).to_be_visible()
         _screenshot(page, out_dir / "deformable.png")
 
