@@ -1386,7 +1386,11 @@ def _model_controls(refs: list[ImageRef]) -> tuple[list[str], list[str], bool]:
     random = random_override(PREFIX, models) if models else []
     if models:
         plans = [weights_plan(m, random) for m in models]
-        st.caption("  \n".join(f"{md(p.model)}: {md(p.why)}" for p in plans))
+        st.caption(
+            "  \n".join(
+                f"**{md(p.model)}**: {md(attnviz.get_spec(p.model).description)} · {md(p.why)}" for p in plans
+            )
+        )
     downloaded = st.session_state.pop(DOWNLOADED_KEY, None)
     if downloaded:
         st.success(

@@ -209,9 +209,12 @@ def test_model_picker_groups_models_and_describes_them() -> None:
             assert f"- **{spec.name}**: {spec.description}" in shown
     # what each chosen model will run with, before Run
     choose(at, ["zoo_cbam", "deit_tiny_patch16_224"])
-    plan = [c.value for c in at.caption if c.value.startswith("zoo")]
-    assert plan and "zoo\\_cbam: trained weights" in plan[0]
-    assert "random weights: its pretrained weights are not on this machine" in plan[0]
+    [plan] = [plain(c.value) for c in at.caption if c.value.startswith("**zoo")]
+    cbam, deit = plan.split("  \n")
+    described = attnviz.get_spec("zoo_cbam").description
+    assert cbam == f"**zoo_cbam**: {described} · trained weights (built-in zoo, generated shapes)"
+    assert deit.startswith("**deit_tiny_patch16_224**: DeiT-Tiny: ViT, 12 layers x 3 heads, class token · ")
+    assert deit.endswith("random weights: its pretrained weights are not on this machine")
 
 
 def test_a_fifth_model_is_refused_with_a_message_where_it_bites() -> None:

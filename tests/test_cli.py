@@ -377,3 +377,29 @@ def test_help_documents_folders_batches_and_the_exit_status(capsys: pytest.Captu
     assert "or folders" in text and "*.jpg" in text and "sorted by name" in text
     assert "At most 10000 images" in text
     assert "the exit status is then 1" in text
+
+
+@pytest.mark.parametrize("mode", ["absolute", "stretched"])
+def test_scale_of_the_overlays_is_chosen_and_reported(
+    mode: str, png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    rc = main(["analyze", str(png), "-m", "zoo_gc", "--scale", mode, "--no-gradcam", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    [result] = json.loads((out / "summary.json").read_text())["results"]
+    # the zoo's 96 px input, enlarged 3x for a readable colour bar under every overlay
+    assert result["overlay_scale"] == {"mode": mode, "enlarged": 3}
+    [context, _] = [e for e in result["records"] if e["kind"] == "gc_context"]
+    lo, hi = context["map_range"]
+    scale = context["scale"]
+    assert (scale["mode"], scale["quantity"], scale["unit"]) == (mode, "attention probability", "")
+    expected = (0.0, hi) if mode == "absolute" else (lo, hi)
+    assert (scale["min"], scale["max"]) == pytest.approx(expected)
+    with Image.open(out / context["file"]) as img:
+        assert img.width == 288 and img.height > 288 + 30  # the strip under the overlay
+
+
+def test_an_unknown_scale_is_one_line(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["analyze", str(png), "-m", "zoo_se", "--scale", "log", "--out", str(tmp_path / "out")])
+    assert rc == 2
+    assert "--scale: invalid choice: 'log'" in _one_error_line(capsys.readouterr().err)
