@@ -70,7 +70,6 @@ ARM_RUN_FLAG = """() => {
     attributes: true, attributeOldValue: true, attributeFilter: ["data-test-script-state"],
   });
 }"""
-RAN_AND_IDLE = f"() => window.__attnvizRan === true && document.querySelector({IDLE!r}) !== null"
 
 # Where a data point (x, y) of the Plotly chart under a selector is on the screen (viewport pixels).
 DATA_TO_SCREEN = """([selector, x, y]) => {
@@ -157,9 +156,19 @@ def app_url(out_dir: Path) -> Iterator[str]:
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true",
            "--browser.gatherUsageStats", "false"]  # fmt: skip
+    # No hub is reached, whatever the machine's network: "Download pretrained weights" must then
+    # answer with its plain message (empty caches, so that no model finds pretrained weights either).
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(out_dir / "hf"),
+        "TORCH_HOME": str(out_dir / "torch"),
+    }
     with log_path.open("wb") as log:
         # A session of its own: the whole group is killed at the end, so no server is left behind.
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _healthy(url):
@@ -186,10 +195,20 @@ def _new_page(chromium: Any, app_url: str) -> Any:
 
 
 def _rerun(page: Any, action: Callable[[], object], timeout_ms: int = RUN_TIMEOUT_MS) -> None:
-    """Do ``action`` and wait until the script it triggers has run and the app is idle again."""
+    """Do ``action`` and wait until the script it triggers has run and the app is idle again.
+
+    A run that starts and ends between two observer callbacks is still seen (the old state is
+    recorded). Should none be seen within 20 s (a run too quick to catch, or an action that needs
+    none), the wait falls back to the app being idle: the expectations that follow retry anyway.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.evaluate(ARM_RUN_FLAG)
     action()
-    page.wait_for_function(RAN_AND_IDLE, timeout=timeout_ms)
+    with contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_function("() => window.__attnvizRan === true", timeout=20_000)
+    page.wait_for_selector(IDLE, timeout=timeout_ms)
+    time.sleep(0.2)  # the last delta messages of the run get applied
 
 
 def _no_exception(page: Any) -> None:
@@ -315,6 +334,26 @@ def _shot_on_failure(page: Any, path: Path) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------------
 
 
+def _go(page: Any, link: str) -> None:
+    """Open a page from the sidebar's navigation."""
+    nav = page.get_by_test_id("stSidebarNav").get_by_role("link", name=link, exact=True)
+    _rerun(page, nav.click)
+    page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS)
+
+
+def _press_key(page: Any, key: str, press: str) -> None:
+    """Focus the slider of widget ``key`` and press a key on it (Home, End, ArrowRight...)."""
+    page.locator(_key(key)).get_by_role("slider").focus()
+    _rerun(page, lambda: page.keyboard.press(press))
+
+
+def _pick(page: Any, key: str, option: str | re.Pattern) -> None:
+    """Open the selectbox or multiselect of widget ``key`` and choose ``option``."""
+    page.locator(_key(key)).get_by_role("combobox").click()
+    _rerun(page, lambda: page.get_by_role("option", name=option).first.click())
+    page.keyboard.press("Escape")  # a multiselect keeps its list open (and the rest of the page hidden)
+
+
 def test_every_page_of_the_navigation_opens(chromium: Any, app_url: str, out_dir: Path) -> None:
     from playwright.sync_api import expect
 
@@ -322,38 +361,97 @@ def test_every_page_of_the_navigation_opens(chromium: Any, app_url: str, out_dir
     try:
         with _shot_on_failure(page, out_dir / "failure_navigation.png"):
             for link, title in PAGES.items():
-                _rerun(
-                    page,
-                    lambda link=link: (
-                        page.get_by_test_id("stSidebarNav").get_by_role("link", name=link).click()
-                    ),
-                )
+                _go(page, link)
                 expect(page.get_by_role("heading", name=title, level=1)).to_be_visible()
-                page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS)
                 _no_exception(page)
                 expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
                 _screenshot(page, out_dir / f"page_{link.lower().replace(' ', '_')}.png")
-            # the Scene lab: every zoo model on a scene, each map with its colour bar, on one page scale
-            _rerun(
-                page,
-                lambda: page.get_by_test_id("stSidebarNav").get_by_role("link", name="Scene lab").click(),
-            )
-            expect(page.get_by_role("heading", name="zoo_gc", exact=True)).to_be_visible(
-                timeout=RUN_TIMEOUT_MS
-            )
+            expect(page.get_by_test_id("stDataFrame")).to_have_count(2)  # the Models page's tables
+    finally:
+        page.context.close()
+
+
+def test_scene_lab_controls(chromium: Any, app_url: str, out_dir: Path) -> None:
+    """Every control of the Scene lab changes what it shows; every map keeps its colour bar."""
+    from playwright.sync_api import expect
+
+    page = _new_page(chromium, app_url)
+    try:
+        with _shot_on_failure(page, out_dir / "failure_scene_lab.png"):
+            _go(page, "Scene lab")
+            expect(page.get_by_role("heading", name="zoo_gc", exact=True)).to_be_visible()
             captions = page.get_by_test_id("stImageCaption")
+            scene = captions.filter(has_text="box (y0, x0, y1, x1)")
+            expect(scene).to_contain_text("circle")
+            _pick(page, "scene_class", "star")
+            expect(scene).to_contain_text("star")
+            before = scene.inner_text()
+            for key in ("scene_x", "scene_y", "scene_size", "scene_rotation", "scene_clutter"):
+                _press_key(page, key, "End")
+                _no_exception(page)
+            assert scene.inner_text() != before  # the box moved with the object
+            seed = page.locator(_key("scene_seed")).get_by_role("spinbutton")
+            seed.fill("7")
+            _rerun(page, lambda: seed.press("Enter"))
+            _no_exception(page)
+            maps = page.get_by_test_id("stImage")
+            count = maps.count()
+            _rerun(page, lambda: page.locator(_key("scene_blocks")).get_by_text("all", exact=True).click())
+            expect(maps).not_to_have_count(count)  # every block's map: more pictures
+            _rerun(page, lambda: page.locator(_key("scene_gradcam")).get_by_text("Grad-CAM").click())
+            expect(captions.filter(has_text="Grad-CAM ·")).to_have_count(0)
             expect(captions.filter(has_text="scale: absolute")).not_to_have_count(0)
             _rerun(
-                page,
-                lambda: page.locator(_key("scene_scale")).get_by_role("radio", name="stretched").click(),
+                page, lambda: page.locator(_key("scene_scale")).get_by_role("radio", name="stretched").click()
             )
             expect(captions.filter(has_text="scale: stretched")).not_to_have_count(0)
+            expect(captions.filter(has_text="scale: absolute")).to_have_count(0)
             _no_exception(page)
-            # the Models page's tables: every model, and where the weights go
+            _screenshot(page, out_dir / "scene_lab.png")
+    finally:
+        page.context.close()
+
+
+def test_leaderboard_and_modules_controls(chromium: Any, app_url: str, out_dir: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = _new_page(chromium, app_url)
+    try:
+        with _shot_on_failure(page, out_dir / "failure_leaderboard_modules.png"):
+            _go(page, "Leaderboard")
             _rerun(
-                page, lambda: page.get_by_test_id("stSidebarNav").get_by_role("link", name="Models").click()
+                page,
+                lambda: page.locator(_key("leaderboard_maps")).get_by_text("attention maps only").click(),
             )
-            expect(page.get_by_test_id("stDataFrame")).to_have_count(2)
+            _no_exception(page)
+            chips = page.locator(_key("leaderboard_kinds")).get_by_role("button", name=re.compile("Remove"))
+            count = chips.count()
+            _rerun(page, lambda: chips.first.click())
+            expect(chips).to_have_count(count - 1)
+            page.get_by_role("tab", name="Pointing game").click()  # tabs switch in the browser: no rerun
+            expect(page.locator(_key("leaderboard_pointing_chart"))).to_be_visible()
+            _no_exception(page)
+
+            _go(page, "Modules")
+            page.get_by_role("tab", name="CBAM", exact=True).click()
+            expect(page.get_by_role("heading", name=re.compile("CBAM"))).to_be_visible()
+            channels = page.locator(_key("modules_channels")).get_by_role("spinbutton")
+            channels.fill("32")
+            _rerun(page, lambda: channels.press("Enter"))
+            expect(page.get_by_text("Cost at C = 32, 12x12").filter(visible=True)).to_have_count(1)
+            side = page.locator(_key("modules_side")).get_by_role("spinbutton")
+            side.fill("6")
+            _rerun(page, lambda: side.press("Enter"))
+            expect(page.get_by_text("Cost at C = 32, 6x6").filter(visible=True)).to_have_count(1)
+            # the live examples' captions (st.caption under each map) say which scale they use
+            stretched = page.get_by_text(re.compile("scale: stretched"))
+            expect(stretched).to_have_count(0)
+            _rerun(
+                page,
+                lambda: page.locator(_key("modules_scale")).get_by_role("radio", name="stretched").click(),
+            )
+            expect(stretched).not_to_have_count(0)
+            _no_exception(page)
     finally:
         page.context.close()
 
@@ -444,8 +542,26 @@ def test_every_tab_and_expander_opens(comparison: Any, out_dir: Path) -> None:
             layer = page.locator(_key("compare_vit_layer_12"))
             # the layer picker is where a layer is read (heads, query point), not on rollout or statistics
             expect(layer).to_have_count(1 if tab in ("Heads × layers", "Query point") else 0)
-            if tab == "Rollout":  # its formula typeset, with its asterisks' meaning intact
+            if tab == "Heads × layers":  # the layer, the head fusion and one head
+                _press_key(page, "compare_vit_layer_12", "Home")
+                _rerun(
+                    page,
+                    lambda: page.locator(_key("compare_vit_fusion")).get_by_role("radio", name="max").click(),
+                )
+                expect(
+                    page.get_by_test_id("stImageCaption").filter(has_text="max over 3 heads")
+                ).to_have_count(1)
+                _pick(page, "compare_vit_head_3", "head 1")
+                expect(
+                    page.get_by_test_id("stImageCaption").filter(has_text="Layer 0: blocks.0, head 1")
+                ).to_have_count(1)
+            if tab == "Rollout":  # its formula typeset; the head fusion and the discard ratio
                 expect(page.locator(".katex").first).to_be_visible()
+                _pick(page, "compare_rollout_fusion", "max")
+                _press_key(page, "compare_rollout_discard", "ArrowRight")
+                expect(
+                    page.get_by_text(re.compile(r"max over heads, lowest 0.05 of grid columns discarded"))
+                ).to_be_visible()
             if tab == "Head statistics":  # a legend says what the dots and the line are
                 legend = page.locator(_key(f"compare_vit_stats_{TRANSFORMER}")).locator(".legendtext")
                 expect(legend).to_have_text(["one head", "mean over the layer's heads"])
@@ -455,6 +571,10 @@ def test_every_tab_and_expander_opens(comparison: Any, out_dir: Path) -> None:
             _rerun(page, lambda e=expander: e.locator("summary").click())
             expect(expander.locator(".js-plotly-plot")).to_have_count(1)
             _no_exception(page)
+        # the deformable section's layer
+        _press_key(page, "compare_deform_layer_2", "End")
+        expect(page.get_by_text(re.compile(r"of attn3\.body: 1 group × 9 points"))).to_be_visible()
+        _no_exception(page)
         _screenshot(page, out_dir / "tabs_and_expanders.png")
 
 
@@ -537,6 +657,35 @@ def test_page_controls_change_what_is_shown(comparison: Any, out_dir: Path) -> N
         ).to_have_count(1)
         _rerun(page, lambda: _pill(page, "zoo_se").click())  # back to the three
         _no_exception(page)
+        # random weights for the zoo CNN on request: its column says untrained after the run
+        _pick(page, "compare_random", ZOO)
+        expect(
+            page.get_by_test_id("stAlertContentInfo").filter(has_text="press Run to update")
+        ).to_have_count(1)
+        run = page.locator(_key("compare_run")).get_by_role("button", name="Run")
+        _rerun(page, run.click)
+        expect(page.get_by_test_id("stAlertContentWarning").filter(has_text="Untrained")).to_have_count(2)
+        _rerun(
+            page,
+            lambda: (
+                page.locator(_key("compare_random"))
+                .get_by_role("button", name=re.compile("Remove"))
+                .first.click()
+            ),
+        )
+        _rerun(page, run.click)
+        expect(page.get_by_test_id("stAlertContentWarning").filter(has_text="Untrained")).to_have_count(1)
+        # the transformer's missing weights: the hub cannot be reached, and the page says so plainly
+        get = page.locator(_key(f"compare_get_{TRANSFORMER}")).get_by_role("button")
+        _rerun(page, get.click)
+        failure = page.get_by_test_id("stAlertContentError").filter(has_text="could not be downloaded")
+        expect(failure).to_have_count(1)
+        expect(failure).to_contain_text(f"The pretrained weights of {TRANSFORMER} are not on this machine")
+        expect(failure).not_to_contain_text("Error")  # no exception names in the sentence ...
+        details = page.get_by_test_id("stExpander").filter(has_text="Details")
+        _rerun(page, lambda: details.locator("summary").click())
+        expect(details.get_by_test_id("stCode")).to_contain_text("HF_HUB_OFFLINE")  # ... they are here
+        _no_exception(page)
         _screenshot(page, out_dir / "controls.png")
 
 
@@ -587,10 +736,22 @@ def test_a_camera_photo_and_a_hostile_upload(chromium: Any, app_url: str, out_di
             _rerun(page, lambda: _pill(page, "zoo_gc").click())  # zoo_cbam alone
             run = page.locator(_key("compare_run")).get_by_role("button", name="Run")
             _rerun(page, run.click)
-            # the photo comes first among the images (then the default sample scene)
-            expect(page.locator(_key("compare_image")).get_by_role("combobox")).to_have_value(
-                re.compile(r"^camera_[0-9a-f]{8}\.jpg$")
-            )
+            # the photo comes first among the images (then the default sample scene); the image picker
+            # switches the columns to the scene's results
+            picker = page.locator(_key("compare_image")).get_by_role("combobox")
+            expect(picker).to_have_value(re.compile(r"^camera_[0-9a-f]{8}\.jpg$"))
+            expect(
+                page.get_by_test_id("stAlertContentInfo").filter(has_text="Trained on generated shapes")
+            ).to_have_count(1)
+            _pick(page, "compare_image", "scene_star_1.png")
+            expect(picker).to_have_value("scene_star_1.png")
+            expect(
+                page.get_by_test_id("stAlertContentInfo").filter(has_text="Trained on generated shapes")
+            ).to_have_count(0)
+            _pick(page, "compare_samples", "scene: arrow #2")
+            expect(
+                page.get_by_test_id("stAlertContentInfo").filter(has_text="press Run to update")
+            ).to_have_count(1)
             expect(page.get_by_role("heading", name="zoo_cbam", exact=True)).to_be_visible()
             _no_exception(page)
             _screenshot(page, out_dir / "camera.png")
