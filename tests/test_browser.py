@@ -329,6 +329,17 @@ def _shot_on_failure(page: Any, path: Path) -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def _session(chromium: Any, app_url: str, out_dir: Path, name: str) -> Iterator[Any]:
+    """A fresh session's page; a screenshot ``failure_<name>.png`` when the block fails; closed after."""
+    page = _new_page(chromium, app_url)
+    try:
+        with _shot_on_failure(page, out_dir / f"failure_{name}.png"):
+            yield page
+    finally:
+        page.context.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # Navigation
 # --------------------------------------------------------------------------------------------------
@@ -347,113 +358,113 @@ def _press_key(page: Any, key: str, press: str) -> None:
     _rerun(page, lambda: page.keyboard.press(press))
 
 
-def _pick(page: Any, key: str, option: str | re.Pattern) -> None:
-    """Open the selectbox or multiselect of widget ``key`` and choose ``option``."""
-    page.locator(_key(key)).get_by_role("combobox").click()
-    _rerun(page, lambda: page.get_by_role("option", name=option).first.click())
+def _pick(page: Any, where: str, option: str | re.Pattern) -> None:
+    """Open the selectbox or multiselect under the CSS selector ``where`` and choose ``option``.
+
+    The list is opened again when it did not show (a click that landed while a rerun redrew the
+    widget closes it at once).
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    choice = page.get_by_role("option", name=option).first
+    for _ in range(3):
+        page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS)
+        page.locator(where).get_by_role("combobox").click()
+        try:
+            choice.wait_for(state="visible", timeout=5_000)
+            break
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+    _rerun(page, choice.click)
     page.keyboard.press("Escape")  # a multiselect keeps its list open (and the rest of the page hidden)
 
 
 def test_every_page_of_the_navigation_opens(chromium: Any, app_url: str, out_dir: Path) -> None:
     from playwright.sync_api import expect
 
-    page = _new_page(chromium, app_url)
-    try:
-        with _shot_on_failure(page, out_dir / "failure_navigation.png"):
-            for link, title in PAGES.items():
-                _go(page, link)
-                expect(page.get_by_role("heading", name=title, level=1)).to_be_visible()
-                _no_exception(page)
-                expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
-                _screenshot(page, out_dir / f"page_{link.lower().replace(' ', '_')}.png")
-            expect(page.get_by_test_id("stDataFrame")).to_have_count(2)  # the Models page's tables
-    finally:
-        page.context.close()
+    with _session(chromium, app_url, out_dir, "navigation") as page:
+        for link, title in PAGES.items():
+            _go(page, link)
+            expect(page.get_by_role("heading", name=title, level=1)).to_be_visible()
+            _no_exception(page)
+            expect(page.get_by_test_id("stAlertContentError")).to_have_count(0)
+            _screenshot(page, out_dir / f"page_{link.lower().replace(' ', '_')}.png")
+        expect(page.get_by_test_id("stDataFrame")).to_have_count(2)  # the Models page's tables
 
 
 def test_scene_lab_controls(chromium: Any, app_url: str, out_dir: Path) -> None:
     """Every control of the Scene lab changes what it shows; every map keeps its colour bar."""
     from playwright.sync_api import expect
 
-    page = _new_page(chromium, app_url)
-    try:
-        with _shot_on_failure(page, out_dir / "failure_scene_lab.png"):
-            _go(page, "Scene lab")
-            expect(page.get_by_role("heading", name="zoo_gc", exact=True)).to_be_visible()
-            captions = page.get_by_test_id("stImageCaption")
-            scene = captions.filter(has_text="box (y0, x0, y1, x1)")
-            expect(scene).to_contain_text("circle")
-            _pick(page, "scene_class", "star")
-            expect(scene).to_contain_text("star")
-            before = scene.inner_text()
-            for key in ("scene_x", "scene_y", "scene_size", "scene_rotation", "scene_clutter"):
-                _press_key(page, key, "End")
-                _no_exception(page)
-            assert scene.inner_text() != before  # the box moved with the object
-            seed = page.locator(_key("scene_seed")).get_by_role("spinbutton")
-            seed.fill("7")
-            _rerun(page, lambda: seed.press("Enter"))
+    with _session(chromium, app_url, out_dir, "scene_lab") as page:
+        _go(page, "Scene lab")
+        expect(page.get_by_role("heading", name="zoo_gc", exact=True)).to_be_visible()
+        captions = page.get_by_test_id("stImageCaption")
+        scene = captions.filter(has_text="box (y0, x0, y1, x1)")
+        expect(scene).to_contain_text("circle")
+        _pick(page, _key("scene_class"), "star")
+        expect(scene).to_contain_text("star")
+        before = scene.inner_text()
+        for key in ("scene_x", "scene_y", "scene_size", "scene_rotation", "scene_clutter"):
+            _press_key(page, key, "End")
             _no_exception(page)
-            maps = page.get_by_test_id("stImage")
-            count = maps.count()
-            _rerun(page, lambda: page.locator(_key("scene_blocks")).get_by_text("all", exact=True).click())
-            expect(maps).not_to_have_count(count)  # every block's map: more pictures
-            _rerun(page, lambda: page.locator(_key("scene_gradcam")).get_by_text("Grad-CAM").click())
-            expect(captions.filter(has_text="Grad-CAM ·")).to_have_count(0)
-            expect(captions.filter(has_text="scale: absolute")).not_to_have_count(0)
-            _rerun(
-                page, lambda: page.locator(_key("scene_scale")).get_by_role("radio", name="stretched").click()
-            )
-            expect(captions.filter(has_text="scale: stretched")).not_to_have_count(0)
-            expect(captions.filter(has_text="scale: absolute")).to_have_count(0)
-            _no_exception(page)
-            _screenshot(page, out_dir / "scene_lab.png")
-    finally:
-        page.context.close()
+        assert scene.inner_text() != before  # the box moved with the object
+        seed = page.locator(_key("scene_seed")).get_by_role("spinbutton")
+        seed.fill("7")
+        _rerun(page, lambda: seed.press("Enter"))
+        _no_exception(page)
+        maps = page.get_by_test_id("stImage")
+        count = maps.count()
+        _rerun(page, lambda: page.locator(_key("scene_blocks")).get_by_text("all", exact=True).click())
+        expect(maps).not_to_have_count(count)  # every block's map: more pictures
+        _rerun(page, lambda: page.locator(_key("scene_gradcam")).get_by_text("Grad-CAM").click())
+        expect(captions.filter(has_text="Grad-CAM ·")).to_have_count(0)
+        expect(captions.filter(has_text="scale: absolute")).not_to_have_count(0)
+        _rerun(page, lambda: page.locator(_key("scene_scale")).get_by_role("radio", name="stretched").click())
+        expect(captions.filter(has_text="scale: stretched")).not_to_have_count(0)
+        expect(captions.filter(has_text="scale: absolute")).to_have_count(0)
+        _no_exception(page)
+        _screenshot(page, out_dir / "scene_lab.png")
 
 
 def test_leaderboard_and_modules_controls(chromium: Any, app_url: str, out_dir: Path) -> None:
     from playwright.sync_api import expect
 
-    page = _new_page(chromium, app_url)
-    try:
-        with _shot_on_failure(page, out_dir / "failure_leaderboard_modules.png"):
-            _go(page, "Leaderboard")
-            _rerun(
-                page,
-                lambda: page.locator(_key("leaderboard_maps")).get_by_text("attention maps only").click(),
-            )
-            _no_exception(page)
-            chips = page.locator(_key("leaderboard_kinds")).get_by_role("button", name=re.compile("Remove"))
-            count = chips.count()
-            _rerun(page, lambda: chips.first.click())
-            expect(chips).to_have_count(count - 1)
-            page.get_by_role("tab", name="Pointing game").click()  # tabs switch in the browser: no rerun
-            expect(page.locator(_key("leaderboard_pointing_chart"))).to_be_visible()
-            _no_exception(page)
+    with _session(chromium, app_url, out_dir, "leaderboard_modules") as page:
+        _go(page, "Leaderboard")
+        _rerun(
+            page,
+            lambda: page.locator(_key("leaderboard_maps")).get_by_text("attention maps only").click(),
+        )
+        _no_exception(page)
+        chips = page.locator(_key("leaderboard_kinds")).get_by_role("button", name=re.compile("Remove"))
+        count = chips.count()
+        _rerun(page, lambda: chips.first.click())
+        expect(chips).to_have_count(count - 1)
+        page.get_by_role("tab", name="Pointing game").click()  # tabs switch in the browser: no rerun
+        expect(page.locator(_key("leaderboard_pointing_chart"))).to_be_visible()
+        _no_exception(page)
 
-            _go(page, "Modules")
-            page.get_by_role("tab", name="CBAM", exact=True).click()
-            expect(page.get_by_role("heading", name=re.compile("CBAM"))).to_be_visible()
-            channels = page.locator(_key("modules_channels")).get_by_role("spinbutton")
-            channels.fill("32")
-            _rerun(page, lambda: channels.press("Enter"))
-            expect(page.get_by_text("Cost at C = 32, 12x12").filter(visible=True)).to_have_count(1)
-            side = page.locator(_key("modules_side")).get_by_role("spinbutton")
-            side.fill("6")
-            _rerun(page, lambda: side.press("Enter"))
-            expect(page.get_by_text("Cost at C = 32, 6x6").filter(visible=True)).to_have_count(1)
-            # the live examples' captions (st.caption under each map) say which scale they use
-            stretched = page.get_by_text(re.compile("scale: stretched"))
-            expect(stretched).to_have_count(0)
-            _rerun(
-                page,
-                lambda: page.locator(_key("modules_scale")).get_by_role("radio", name="stretched").click(),
-            )
-            expect(stretched).not_to_have_count(0)
-            _no_exception(page)
-    finally:
-        page.context.close()
+        _go(page, "Modules")
+        page.get_by_role("tab", name="CBAM", exact=True).click()
+        expect(page.get_by_role("heading", name=re.compile("CBAM"))).to_be_visible()
+        channels = page.locator(_key("modules_channels")).get_by_role("spinbutton")
+        channels.fill("32")
+        _rerun(page, lambda: channels.press("Enter"))
+        expect(page.get_by_text("Cost at C = 32, 12x12").filter(visible=True)).to_have_count(1)
+        side = page.locator(_key("modules_side")).get_by_role("spinbutton")
+        side.fill("6")
+        _rerun(page, lambda: side.press("Enter"))
+        expect(page.get_by_text("Cost at C = 32, 6x6").filter(visible=True)).to_have_count(1)
+        # the live examples' captions (st.caption under each map) say which scale they use
+        stretched = page.get_by_text(re.compile("scale: stretched"))
+        expect(stretched).to_have_count(0)
+        _rerun(
+            page,
+            lambda: page.locator(_key("modules_scale")).get_by_role("radio", name="stretched").click(),
+        )
+        expect(stretched).not_to_have_count(0)
+        _no_exception(page)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -551,13 +562,13 @@ def test_every_tab_and_expander_opens(comparison: Any, out_dir: Path) -> None:
                 expect(
                     page.get_by_test_id("stImageCaption").filter(has_text="max over 3 heads")
                 ).to_have_count(1)
-                _pick(page, "compare_vit_head_3", "head 1")
+                _pick(page, _key("compare_vit_head_3"), "head 1")
                 expect(
                     page.get_by_test_id("stImageCaption").filter(has_text="Layer 0: blocks.0, head 1")
                 ).to_have_count(1)
             if tab == "Rollout":  # its formula typeset; the head fusion and the discard ratio
                 expect(page.locator(".katex").first).to_be_visible()
-                _pick(page, "compare_rollout_fusion", "max")
+                _pick(page, _key("compare_rollout_fusion"), "max")
                 _press_key(page, "compare_rollout_discard", "ArrowRight")
                 expect(
                     page.get_by_text(re.compile(r"max over heads, lowest 0.05 of grid columns discarded"))
@@ -640,10 +651,7 @@ def test_page_controls_change_what_is_shown(comparison: Any, out_dir: Path) -> N
         expect(page.get_by_text("Block 1 of 2", exact=False)).to_have_count(1)
         expect(page.get_by_text("The card's best block is 0 ★.")).to_be_visible()
         # Grad-CAM of another class: the zoo CNN explains "circle"
-        target = page.locator(f"[class*='st-key-compare_cam_target_{ZOO}_']").get_by_role("combobox")
-        target.click()
-        target.fill("circle")
-        _rerun(page, lambda: page.get_by_role("option", name=re.compile("^circle")).first.click())
+        _pick(page, f"[class*='st-key-compare_cam_target_{ZOO}_']", re.compile("^circle"))
         expect(captions.filter(has_text="for “circle”")).to_have_count(1)
         _no_exception(page)
         # a model more than four: refused with a message where it bites
@@ -658,7 +666,7 @@ def test_page_controls_change_what_is_shown(comparison: Any, out_dir: Path) -> N
         _rerun(page, lambda: _pill(page, "zoo_se").click())  # back to the three
         _no_exception(page)
         # random weights for the zoo CNN on request: its column says untrained after the run
-        _pick(page, "compare_random", ZOO)
+        _pick(page, _key("compare_random"), ZOO)
         expect(
             page.get_by_test_id("stAlertContentInfo").filter(has_text="press Run to update")
         ).to_have_count(1)
@@ -696,8 +704,7 @@ def test_every_sidebar_setting_redraws_the_maps(comparison: Any, out_dir: Path) 
     with _shot_on_failure(page, out_dir / "failure_sidebar.png"):
         sidebar = page.get_by_test_id("stSidebar")
         before = _image_srcs(page, "Grad-CAM relevance")
-        sidebar.locator(_key("sidebar_cmap")).get_by_role("combobox").click()
-        _rerun(page, lambda: page.get_by_role("option", name="viridis", exact=True).click())
+        _pick(page, f"[data-testid='stSidebar'] {_key('sidebar_cmap')}", "viridis")
         after = _image_srcs(page, "Grad-CAM relevance")
         assert before and after and set(before).isdisjoint(after)  # every map redrawn in the new colours
         slider = sidebar.locator(_key("sidebar_alpha")).get_by_role("slider")
@@ -707,8 +714,7 @@ def test_every_sidebar_setting_redraws_the_maps(comparison: Any, out_dir: Path) 
             "1.00"
         )
         assert set(_image_srcs(page, "Grad-CAM relevance")).isdisjoint(after)
-        sidebar.locator(_key("sidebar_device")).get_by_role("combobox").click()
-        _rerun(page, lambda: page.get_by_role("option", name="cpu", exact=True).click())
+        _pick(page, f"[data-testid='stSidebar'] {_key('sidebar_device')}", "cpu")
         # auto and cpu are the same device here: the results stand, nothing asks for a new run
         expect(
             page.get_by_test_id("stAlertContentInfo").filter(has_text="press Run to update")
@@ -719,58 +725,52 @@ def test_every_sidebar_setting_redraws_the_maps(comparison: Any, out_dir: Path) 
 def test_a_camera_photo_and_a_hostile_upload(chromium: Any, app_url: str, out_dir: Path) -> None:
     from playwright.sync_api import expect
 
-    page = _new_page(chromium, app_url)
-    try:
-        with _shot_on_failure(page, out_dir / "failure_camera.png"):
-            _rerun(page, lambda: page.locator(_key("compare_camera_on")).get_by_text("Camera").click())
-            camera = page.get_by_test_id("stCameraInput")
-            expect(camera.locator("video")).to_be_visible()
-            page.wait_for_function(  # the fake camera is streaming
-                "() => { const v = document.querySelector(\"[data-testid='stCameraInput'] video\");"
-                " return v && v.readyState >= 2 && v.videoWidth > 0; }"
-            )
-            camera.get_by_role("button", name="Take Photo").click()
-            expect(camera.locator("img")).to_be_visible()  # the photo taken, uploaded, and the page rerun
-            page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS)
-            _no_exception(page)
-            _rerun(page, lambda: _pill(page, "zoo_gc").click())  # zoo_cbam alone
-            run = page.locator(_key("compare_run")).get_by_role("button", name="Run")
-            _rerun(page, run.click)
-            # the photo comes first among the images (then the default sample scene); the image picker
-            # switches the columns to the scene's results
-            picker = page.locator(_key("compare_image")).get_by_role("combobox")
-            expect(picker).to_have_value(re.compile(r"^camera_[0-9a-f]{8}\.jpg$"))
-            expect(
-                page.get_by_test_id("stAlertContentInfo").filter(has_text="Trained on generated shapes")
-            ).to_have_count(1)
-            _pick(page, "compare_image", "scene_star_1.png")
-            expect(picker).to_have_value("scene_star_1.png")
-            expect(
-                page.get_by_test_id("stAlertContentInfo").filter(has_text="Trained on generated shapes")
-            ).to_have_count(0)
-            _pick(page, "compare_samples", "scene: arrow #2")
-            expect(
-                page.get_by_test_id("stAlertContentInfo").filter(has_text="press Run to update")
-            ).to_have_count(1)
-            expect(page.get_by_role("heading", name="zoo_cbam", exact=True)).to_be_visible()
-            _no_exception(page)
-            _screenshot(page, out_dir / "camera.png")
+    with _session(chromium, app_url, out_dir, "camera") as page:
+        _rerun(page, lambda: page.locator(_key("compare_camera_on")).get_by_text("Camera").click())
+        camera = page.get_by_test_id("stCameraInput")
+        expect(camera.locator("video")).to_be_visible()
+        page.wait_for_function(  # the fake camera is streaming
+            "() => { const v = document.querySelector(\"[data-testid='stCameraInput'] video\");"
+            " return v && v.readyState >= 2 && v.videoWidth > 0; }"
+        )
+        camera.get_by_role("button", name="Take Photo").click()
+        expect(camera.locator("img")).to_be_visible()  # the photo taken, uploaded, and the page rerun
+        page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS)
+        _no_exception(page)
+        _rerun(page, lambda: _pill(page, "zoo_gc").click())  # zoo_cbam alone
+        run = page.locator(_key("compare_run")).get_by_role("button", name="Run")
+        _rerun(page, run.click)
+        # the photo comes first among the images (then the default sample scene); the image picker
+        # switches the columns to the scene's results
+        picker = page.locator(_key("compare_image")).get_by_role("combobox")
+        expect(picker).to_have_value(re.compile(r"^camera_[0-9a-f]{8}\.jpg$"))
+        expect(
+            page.get_by_test_id("stAlertContentInfo").filter(has_text="Trained on generated shapes")
+        ).to_have_count(1)
+        _pick(page, _key("compare_image"), "scene_star_1.png")
+        expect(picker).to_have_value("scene_star_1.png")
+        expect(
+            page.get_by_test_id("stAlertContentInfo").filter(has_text="Trained on generated shapes")
+        ).to_have_count(0)
+        _pick(page, _key("compare_samples"), "scene: arrow #2")
+        expect(
+            page.get_by_test_id("stAlertContentInfo").filter(has_text="press Run to update")
+        ).to_have_count(1)
+        expect(page.get_by_role("heading", name="zoo_cbam", exact=True)).to_be_visible()
+        _no_exception(page)
+        _screenshot(page, out_dir / "camera.png")
 
-            hostile = out_dir / "evil.png"
-            hostile.write_text("<script>alert(1)</script>\n")
-            uploader = page.get_by_test_id("stFileUploaderDropzoneInput")
-            _rerun(page, lambda: uploader.set_input_files(str(hostile)))
-            expect(page.get_by_test_id("stAlertContentError").filter(has_text=HOSTILE_MESSAGE)).to_have_count(
-                1
-            )
-            _no_exception(page)
-            # the app keeps serving: another run completes
-            _rerun(page, run.click)
-            expect(page.get_by_role("heading", name="zoo_cbam", exact=True)).to_be_visible()
-            _no_exception(page)
-            _screenshot(page, out_dir / "hostile.png")
-    finally:
-        page.context.close()
+        hostile = out_dir / "evil.png"
+        hostile.write_text("<script>alert(1)</script>\n")
+        uploader = page.get_by_test_id("stFileUploaderDropzoneInput")
+        _rerun(page, lambda: uploader.set_input_files(str(hostile)))
+        expect(page.get_by_test_id("stAlertContentError").filter(has_text=HOSTILE_MESSAGE)).to_have_count(1)
+        _no_exception(page)
+        # the app keeps serving: another run completes
+        _rerun(page, run.click)
+        expect(page.get_by_role("heading", name="zoo_cbam", exact=True)).to_be_visible()
+        _no_exception(page)
+        _screenshot(page, out_dir / "hostile.png")
 
 
 def test_the_server_logged_no_exception(app_url: str, out_dir: Path) -> None:
