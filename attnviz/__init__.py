@@ -12,7 +12,7 @@ Renderers live in :mod:`attnviz.render`. This package never imports streamlit.
 
 from __future__ import annotations
 
-from . import pipeline, render, sampling, vit, zoo
+from . import pipeline, render, sampling, scales, vit, zoo
 from .analysis import add_gradcam, analyze
 from .errors import (
     AttnvizError,
@@ -74,6 +74,7 @@ __all__ = [
     "render",
     "resolve_device",
     "sampling",
+    "scales",
     "vit",
     "zoo",
 ]

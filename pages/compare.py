@@ -298,11 +298,6 @@ def top5_csv(analysis: attnviz.Analysis) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def picture_png(picture: Image.Image) -> bytes:
-    """PNG bytes of a drawn map (called only when a download button is clicked)."""
-    return render.to_png_bytes(picture)
-
-
 def map_png(image, values, scale, cmap: str, alpha: float) -> bytes:
     """PNG bytes of a map with its colour bar, as shown (called only when its download is clicked)."""
     return render.to_png_bytes(map_picture(image, values, scale, cmap, alpha))
