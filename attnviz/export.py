@@ -272,12 +272,9 @@ class _Painter:
         self.factor = self.picture.width // picture.shape[1]
         self.cmap, self.alpha, self.mode = cmap, alpha, mode
 
-    def scale(self, values: np.ndarray, quantity: Quantity) -> MapScale:
-        return map_scale(values, quantity, self.mode)
-
     def overlay(self, values: np.ndarray, quantity: Quantity) -> tuple[bytes, dict[str, Any]]:
         """PNG bytes of the overlay with its colour bar, and the scale entry for ``summary.json``."""
-        scale = self.scale(values, quantity)
+        scale = map_scale(values, quantity, self.mode)
         shown = render.overlay(
             self.picture, values, cmap=self.cmap, alpha=self.alpha, value_range=scale.value_range
         )

@@ -100,6 +100,13 @@ class ModelSpec:
     trained_on: str = "ImageNet-1k"
 
     @property
+    def from_hub(self) -> bool:
+        """True when its pretrained weights come from a library's hub (torch hub, Hugging Face), so
+        that :func:`load_model` can download them; the zoo ships its weights, DAT-T's come from its
+        authors' release page."""
+        return self.source in ("torchvision", "timm", "transformers")
+
+    @property
     def classifier(self) -> bool:
         """True when the model predicts classes (and so has top-5 and Grad-CAM)."""
         return bool(self.gradcam_layer)

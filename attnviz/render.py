@@ -27,6 +27,7 @@ from matplotlib.colors import Colormap
 from PIL import Image
 
 from attnviz.records import ChannelWeights, Prediction
+from attnviz.scales import MapScale
 
 __all__ = [
     "EMPTY_CHANNEL_MESSAGE",
@@ -51,6 +52,7 @@ __all__ = [
     "prefix_attention_figure",
     "query_figure",
     "sampling_figure",
+    "shorten",
     "to_png_bytes",
     "top5_bar",
     "with_colorbar",
@@ -247,8 +249,16 @@ def _normalized_stack(maps: np.ndarray) -> np.ndarray:
 
 
 def _ranged_stack(maps: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
-    """``_scaled_heat(m, True, value_range)`` of every map of an ``[n, h, w]`` stack."""
-    return np.stack([_scaled_heat(m, True, value_range) for m in maps])
+    """``_scaled_heat(m, True, value_range)`` of every map of an ``[n, h, w]`` stack, in one pass when
+    all are real, non-empty and finite (otherwise map by map, for the same errors and warnings)."""
+    arr = maps.astype(np.float64) if maps.dtype.kind in "biuf" and maps.size else None
+    if arr is None or not np.isfinite(arr).all():
+        return np.stack([_scaled_heat(m, True, value_range) for m in maps])
+    lo, hi = value_range
+    if hi <= lo:
+        return np.zeros_like(arr)
+    arr = (arr - lo) / (hi - lo)
+    return np.clip(arr, 0.0, 1.0, out=arr)
 
 
 def _as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -425,21 +435,25 @@ def font(size: int):
     return ImageFont.load_default(size=size)
 
 
-def _wrap(text: str, fnt, width: int) -> list[str]:
-    """``text`` broken into lines no wider than ``width`` pixels (at word boundaries)."""
+def _text_width(text: str, fnt) -> float:
+    """Width in pixels of ``text`` drawn in ``fnt``."""
     from PIL import ImageDraw
 
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    return ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=fnt)
+
+
+def _wrap(text: str, fnt, width: int) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` pixels (at word boundaries)."""
     lines: list[str] = []
     for word in text.split(" "):
-        if lines and measure(f"{lines[-1]} {word}", font=fnt) <= width:
+        if lines and _text_width(f"{lines[-1]} {word}", fnt) <= width:
             lines[-1] = f"{lines[-1]} {word}"
         else:
             lines.append(word)
     return lines
 
 
-def colorbar_title(scale) -> str:
+def colorbar_title(scale: MapScale) -> str:
     """The line under a colour bar: the quantity and how the colours span it."""
     if scale.stretched:
         how = "stretched (this map's min-max)" if scale.shared == 1 else "stretched (min-max of these maps)"
@@ -453,7 +467,7 @@ def colorbar_title(scale) -> str:
 
 
 def colorbar(
-    scale, *, cmap: str | Colormap = "jet", width: int = 448, title: str | None = None
+    scale: MapScale, *, cmap: str | Colormap = "jet", width: int = 448, title: str | None = None
 ) -> Image.Image:
     """A horizontal colour bar with its values: the strip drawn under every heat map attnviz shows.
 
@@ -480,8 +494,7 @@ def colorbar(
     size = int(min(26, max(11, round(width / 21))))
     fnt = font(size)
     ticks = scale.ticks(3)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
-    pad = int(max(6, math.ceil(max(measure(t, font=fnt) for _, t in ticks) / 2) + 2))
+    pad = int(max(6, math.ceil(max(_text_width(t, fnt) for _, t in ticks) / 2) + 2))
     bar_w, bar_h = width - 2 * pad, max(10, size)
     lines = _wrap(title if title is not None else colorbar_title(scale), fnt, width - 8)
     line_h = size + 3
@@ -506,7 +519,7 @@ def colorbar(
 
 
 def with_colorbar(
-    picture: Image.Image, scale, *, cmap: str | Colormap = "jet", title: str | None = None
+    picture: Image.Image, scale: MapScale, *, cmap: str | Colormap = "jet", title: str | None = None
 ) -> Image.Image:
     """``picture`` with its :func:`colorbar` underneath, as one RGB image of the same width."""
     img = _as_rgb_image(picture)
@@ -870,15 +883,16 @@ def top5_bar(predictions: Sequence[Prediction], *, title: str = "Top-5", label_c
     fig.update_yaxes(
         tickmode="array",
         tickvals=ranks,
-        ticktext=[_cut(p.label, max(4, int(label_chars))) for p in preds],
+        ticktext=[shorten(p.label, max(4, int(label_chars))) for p in preds],
         autorange="reversed",
         automargin=True,
     )
     return fig
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (>= 2) with an ellipsis; unchanged when it fits."""
+    return text if len(text) <= limit else text[: max(1, limit - 1)].rstrip() + "…"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1001,10 +1015,7 @@ def head_grid_image(
 
 def head_grid_margins(layers: int, label_px: int = 13) -> tuple[int, int]:
     """(left, top) label margins of :func:`head_grid_image` in pixels for ``layers`` rows."""
-    from PIL import ImageDraw
-
-    width = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(f"L{max(layers - 1, 0)}", font=font(label_px))
-    return math.ceil(width) + 8, int(label_px) + 6
+    return math.ceil(_text_width(f"L{max(layers - 1, 0)}", font(label_px))) + 8, int(label_px) + 6
 
 
 def query_figure(

@@ -32,7 +32,6 @@ __all__ = [
     "GRADCAM",
     "OFFSET_LENGTH",
     "PROBABILITY",
-    "QUANTITIES",
     "ROLLOUT",
     "SAMPLING_SHARE",
     "SCALE_MODES",
@@ -40,7 +39,6 @@ __all__ = [
     "Quantity",
     "check_mode",
     "format_range",
-    "format_value",
     "map_scale",
     "shared_scales",
     "value_range",
@@ -60,13 +58,11 @@ class Quantity:
         unit: its unit (``"px"``), or ``""`` for a pure number.
         natural: the range the values can take and are compared on, e.g. ``(0, 1)`` for sigmoid
             gates; None when the absolute scale runs from 0 to the largest compared value.
-        meaning: one sentence for captions and the README: how to read a value.
     """
 
     name: str
     unit: str
     natural: tuple[float, float] | None
-    meaning: str
 
     @property
     def label(self) -> str:
@@ -74,59 +70,20 @@ class Quantity:
         return f"{self.name} ({self.unit})" if self.unit else self.name
 
 
-GATE = Quantity(
-    "gate value",
-    "",
-    (0.0, 1.0),
-    "the factor the module multiplies the features at that position by (sigmoid, 0 to 1)",
-)
-GATE_PRODUCT = Quantity(
-    "gate product",
-    "",
-    (0.0, 1.0),
-    "row gate times column gate, mean over channels: the factor a position is multiplied by (0 to 1)",
-)
-PROBABILITY = Quantity(
-    "attention probability",
-    "",
-    None,
-    "softmax attention on each position; a map's values add up to at most 1",
-)
-ROLLOUT = Quantity(
-    "rollout weight",
-    "",
-    None,
-    "share of the read token's attention that flows to each patch through all blocks (adds up to at most 1)",
-)
-SAMPLING_SHARE = Quantity(
-    "share of sampling weight",
-    "",
-    None,
-    "share of the module's sampling weight (attention or modulation) that lands on each cell; adds up to 1",
-)
-GRADCAM = Quantity(
-    "Grad-CAM relevance",
-    "",
-    (0.0, 1.0),
-    "class-specific relevance, scaled by pytorch-grad-cam so that the map's maximum is 1",
-)
-OFFSET_LENGTH = Quantity(
-    "offset length",
-    "px",
-    None,
-    "how far the learned offsets move the sampling points, in model-input pixels",
-)
-
-QUANTITIES: tuple[Quantity, ...] = (
-    GATE,
-    GATE_PRODUCT,
-    PROBABILITY,
-    ROLLOUT,
-    SAMPLING_SHARE,
-    GRADCAM,
-    OFFSET_LENGTH,
-)
-"""Every quantity a heat map of attnviz can show."""
+# The factor a module multiplies the features at a position by (sigmoid, 0 to 1).
+GATE = Quantity("gate value", "", (0.0, 1.0))
+# Coordinate attention: row gate times column gate, mean over channels (0 to 1).
+GATE_PRODUCT = Quantity("gate product", "", (0.0, 1.0))
+# Softmax attention on each position; a map's values add up to at most 1.
+PROBABILITY = Quantity("attention probability", "", None)
+# The read token's attention flowing to each patch through all blocks (adds up to at most 1).
+ROLLOUT = Quantity("rollout weight", "", None)
+# The share of a deformable module's sampling weight (attention or modulation) per cell; adds up to 1.
+SAMPLING_SHARE = Quantity("share of sampling weight", "", None)
+# Class-specific relevance, scaled by pytorch-grad-cam so that each map's maximum is 1.
+GRADCAM = Quantity("Grad-CAM relevance", "", (0.0, 1.0))
+# How far the learned offsets move the sampling points, in model-input pixels.
+OFFSET_LENGTH = Quantity("offset length", "px", None)
 
 
 def check_mode(mode: str) -> str:
@@ -158,14 +115,6 @@ def _places(lo: float, hi: float) -> int:
     if hi > lo:
         places = max(places, math.floor(-math.log10(hi - lo)) + 1)
     return min(max(places, 0), 8)
-
-
-def format_value(value: float) -> str:
-    """One value as people read it: ``0.083``, ``0.997``, ``12``, ``1250``."""
-    v = float(value)
-    if not math.isfinite(v):
-        return str(v)
-    return f"{v:.{_places(v, v)}f}"
 
 
 def format_range(lo: float, hi: float) -> tuple[str, str]:

@@ -19,6 +19,8 @@ prints accuracy and localisation (pointing game, energy in box) per model and at
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 import math
@@ -94,9 +96,20 @@ def card_path(kind: str) -> Path:
 
 
 def read_card(kind: str) -> dict | None:
-    """The model card of ``kind``, or None when it has not been trained."""
+    """The model card of ``kind``, or None when it has not been trained.
+
+    Read once per version of the file (the pages ask for cards on every rerun); each call gets its
+    own copy, so a caller may change it.
+    """
     path = card_path(kind)
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return copy.deepcopy(_parsed_card(str(path), path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_card(path: str, mtime_ns: int) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 @dataclass(frozen=True)

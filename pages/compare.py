@@ -51,7 +51,7 @@ from attnviz.scenes import CLASSES, SceneParams, make_scene
 from ui import Settings, cached_model, require_app, store
 from ui import settings as read_settings
 from ui.maps import error_parts, error_with_details, map_picture, md, scale_control, short, show_map
-from ui.picker import MAX_MODELS, model_picker, random_override, weights_plan
+from ui.picker import MAX_MODELS, WeightsPlan, model_picker, random_override, weights_plan
 
 log = logging.getLogger("attnviz.app.compare")
 
@@ -645,7 +645,7 @@ class _Column:
     failure: Failure | None
     position: int | None = None
 
-    @property
+    @functools.cached_property
     def spec(self) -> attnviz.ModelSpec:
         return attnviz.get_spec(self.model)
 
@@ -677,10 +677,9 @@ def _notices(col: _Column, config: RunConfig, image: ImageRef) -> None:
         if missing:
             text += " Its pretrained weights are not on this machine."
         st.warning(text, icon=":material/warning:")
-        hub = spec.source in ("torchvision", "timm", "transformers")
         if (
             missing
-            and hub
+            and spec.from_hub
             and st.button(
                 "Download pretrained weights",
                 key=f"compare_get_{col.model}",
@@ -1373,14 +1372,14 @@ def _results(config: RunConfig, settings: Settings) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _model_controls(refs: list[ImageRef]) -> tuple[list[str], list[str], bool]:
+def _model_controls(refs: list[ImageRef]) -> tuple[list[WeightsPlan], bool]:
     """The grouped model picker, the random-weights override, what each model will run with, and
-    the Run button; returns (models, random, run)."""
+    the Run button; returns (each chosen model's weights plan, run)."""
     st.markdown(f"**Models** (up to {MAX_MODELS}, in the order picked)")
     models = model_picker(PREFIX, DEFAULT_MODELS)
     random = random_override(PREFIX, models) if models else []
-    if models:
-        plans = [weights_plan(m, random) for m in models]
+    plans = [weights_plan(m, random) for m in models]
+    if plans:
         st.caption(
             "  \n".join(
                 f"**{md(p.model)}**: {md(attnviz.get_spec(p.model).description)} · {md(p.why)}" for p in plans
@@ -1400,7 +1399,7 @@ def _model_controls(refs: list[ImageRef]) -> tuple[list[str], list[str], bool]:
         disabled=not (refs and models),
         help="Analyse the chosen images with the chosen models.",
     )
-    return models, random, run
+    return plans, run
 
 
 def main() -> None:
@@ -1416,15 +1415,15 @@ def main() -> None:
     with inputs:
         refs, decoded = _image_inputs()
     with controls:
-        models, random, run = _model_controls(refs)
+        plans, run = _model_controls(refs)
 
     try:
         device = str(attnviz.resolve_device(settings.device))
     except attnviz.DeviceError as err:
         st.error(str(err))
         return
-    weights = tuple(weights_plan(m, random).weights for m in models)
-    current = RunConfig(tuple(refs), tuple(models), weights, device)
+    models = [p.model for p in plans]
+    current = RunConfig(tuple(refs), tuple(models), tuple(p.weights for p in plans), device)
     if run:
         _run(current, decoded)
         st.session_state[LAST_RUN_KEY] = current

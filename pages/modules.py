@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-from PIL import Image
 
 import attnviz
 from attnviz import render
 from attnviz.maps import attention_maps
-from attnviz.scales import MapScale, shared_scales
-from attnviz.scenes import Scene, SceneParams, draw_box, make_scene
+from attnviz.scales import shared_scales
+from attnviz.scenes import Scene, SceneParams, make_scene
 from attnviz.teach import INSERTION_PATTERNS, MODULE_GUIDE, ModuleGuide, flops_text, module_cost
 from attnviz.zoo import INPUT_SIZE, best_block
 from ui import cached_model, require_app, store
 from ui import settings as read_settings
-from ui.maps import error_parts, error_with_details, md, scale_control
+from ui.maps import boxed_map, error_parts, error_with_details, md, scale_control
 
 log = logging.getLogger("attnviz.app.modules")
 
@@ -40,11 +38,9 @@ FAILURES_KEY = "modules_failures"
 
 # Seed of each kind's example scene: fixed, so that the page always shows the same scenes.
 SCENE_SEED_BASE = 20
-DISPLAY_SCALE = 5
 
 # The live examples run the zoo's own trained weights.
 WEIGHTS = "pretrained"
-BOX_COLOUR = (255, 255, 255)
 
 _UNEXPECTED = "{model} failed unexpectedly; the details are in the server log."
 
@@ -58,34 +54,6 @@ def example_scene(kind: str) -> Scene:
     """The fixed generated scene of ``kind``'s live example (zoo input size, moderate clutter)."""
     seed = SCENE_SEED_BASE + list(MODULE_GUIDE).index(kind)
     return make_scene(seed, SceneParams(size=INPUT_SIZE, scale=0.25, clutter=0.4))
-
-
-def _enlarge(image: np.ndarray) -> np.ndarray:
-    return np.repeat(np.repeat(np.asarray(image), DISPLAY_SCALE, axis=0), DISPLAY_SCALE, axis=1)
-
-
-def _box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    return tuple(v * DISPLAY_SCALE for v in box)  # type: ignore[return-value]
-
-
-def boxed(
-    image: np.ndarray,
-    box: tuple[int, int, int, int],
-    heat: np.ndarray | None,
-    cmap: str,
-    alpha: float,
-    scale: MapScale | None = None,
-) -> np.ndarray:
-    """The image enlarged (nearest neighbour), optionally overlaid with ``heat`` on ``scale`` (with its
-    colour bar underneath), with the true box."""
-    big = _enlarge(image)
-    if heat is not None:
-        value_range = scale.value_range if scale is not None else None
-        big = np.asarray(render.overlay(big, heat, cmap=cmap, alpha=alpha, value_range=value_range))
-    boxed_image = draw_box(big, _box(box), BOX_COLOUR, width=2)
-    if heat is None or scale is None:
-        return boxed_image
-    return np.asarray(render.with_colorbar(Image.fromarray(boxed_image), scale, cmap=cmap))
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -162,7 +130,7 @@ def _live(guide: ModuleGuide, device: str, cmap: str, alpha: float, mode: str) -
     top = analysis.top5[0]
     mark = ":green[correct]" if top.index == scene.label else ":red[wrong]"
     with columns[0]:
-        st.image(boxed(scene.image, scene.box, None, cmap, alpha), width="stretch")
+        st.image(boxed_map(scene.image, scene.box), width="stretch")
         st.caption(f"scene: {scene.class_name} · predicted {top.label} ({top.probability:.0%}), {mark}")
     position = 1
     if not attention and channel:
@@ -175,7 +143,8 @@ def _live(guide: ModuleGuide, device: str, cmap: str, alpha: float, mode: str) -
     for amap in shown:
         with columns[position]:
             scale = scales[(amap.block, amap.layer)]
-            st.image(boxed(analysis.input_image, scene.box, amap.values, cmap, alpha, scale), width="stretch")
+            picture = boxed_map(analysis.input_image, scene.box, amap.values, scale, cmap=cmap, alpha=alpha)
+            st.image(picture, width="stretch")
             st.caption(md(f"{amap.label}: {amap.how} · {scale.caption(amap.values)}"))
         position += 1
     if best is not None and chosen == best.block:

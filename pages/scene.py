@@ -24,32 +24,22 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import streamlit as st
-from PIL import Image
 
 import attnviz
-from attnviz import render
 from attnviz.localization import score_maps
 from attnviz.maps import AttentionMap, attention_maps
 from attnviz.scales import MapScale, shared_scales
-from attnviz.scenes import CLASSES, Scene, SceneParams, draw_box, make_scene
+from attnviz.scenes import CLASSES, Scene, SceneParams, make_scene
 from attnviz.zoo import INPUT_SIZE, ZOO_KINDS, best_block, zoo_name
 from ui import Settings, cached_model, require_app, store
 from ui import settings as read_settings
-from ui.maps import error_parts, error_with_details, md, scale_control
+from ui.maps import boxed_map, error_parts, error_with_details, md, scale_control
 
 log = logging.getLogger("attnviz.app.scene")
 
 # Columns per row of the model grid.
 PER_ROW = 4
-
-# The scene is drawn at the zoo's input size and shown this many times larger (nearest neighbour:
-# the pixels the models saw, not a smoothed version): 480 px, so that the colour bars stay readable.
-DISPLAY_SCALE = 5
-
-# White outline of the true box: it stays visible over every colormap offered in the sidebar.
-BOX_COLOUR = (255, 255, 255)
 
 # Analyses kept per session (11 models per scene).
 MAX_STORED = 132
@@ -106,40 +96,6 @@ def pick_maps(
         attention = [m for m in attention if m.block == chosen]
     cams = [m for m in maps if m.block < 0] if gradcam else []
     return attention + cams
-
-
-def scale_box(box: tuple[int, int, int, int], factor: int) -> tuple[int, int, int, int]:
-    """A ``(y0, x0, y1, x1)`` box in an image ``factor`` times larger."""
-    y0, x0, y1, x1 = box
-    return (y0 * factor, x0 * factor, y1 * factor, x1 * factor)
-
-
-def enlarge(image: np.ndarray, factor: int = DISPLAY_SCALE) -> np.ndarray:
-    """``[H, W, 3]`` uint8 -> ``[H*factor, W*factor, 3]`` by nearest neighbour."""
-    return np.repeat(np.repeat(np.asarray(image), factor, axis=0), factor, axis=1)
-
-
-def boxed_scene(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """The scene, enlarged, with the true box drawn."""
-    return draw_box(enlarge(image), scale_box(box, DISPLAY_SCALE), BOX_COLOUR, width=2)
-
-
-def boxed_overlay(
-    image: np.ndarray,
-    heat: np.ndarray,
-    box: tuple[int, int, int, int],
-    cmap: str,
-    alpha: float,
-    scale: MapScale | None = None,
-) -> np.ndarray:
-    """A heat-map overlay on the enlarged image, with the true box drawn on top, and the colour bar
-    of ``scale`` underneath (without one: the map stretched to its own min-max, no bar)."""
-    value_range = scale.value_range if scale is not None else None
-    over = np.asarray(render.overlay(enlarge(image), heat, cmap=cmap, alpha=alpha, value_range=value_range))
-    boxed = draw_box(over, scale_box(box, DISPLAY_SCALE), BOX_COLOUR, width=2)
-    if scale is None:
-        return boxed
-    return np.asarray(render.with_colorbar(Image.fromarray(boxed), scale, cmap=cmap))
 
 
 def map_caption(amap: AttentionMap, box: tuple[int, int, int, int], size: tuple[int, int]) -> str:
@@ -275,7 +231,9 @@ def _maps(
     for amap in maps:
         scale = scales[(analysis.model, amap.block, amap.layer)]
         st.image(
-            boxed_overlay(analysis.input_image, amap.values, scene.box, settings.cmap, settings.alpha, scale),
+            boxed_map(
+                analysis.input_image, scene.box, amap.values, scale, cmap=settings.cmap, alpha=settings.alpha
+            ),
             caption=md(f"{map_caption(amap, scene.box, size)} · {scale.caption(amap.values)}"),
             width="stretch",
         )
@@ -386,7 +344,7 @@ def main() -> None:
         return
     with preview:
         st.image(
-            boxed_scene(scene.image, scene.box),
+            boxed_map(scene.image, scene.box),
             caption=f"{scene.class_name}, box (y0, x0, y1, x1) = {scene.box} on {INPUT_SIZE}x{INPUT_SIZE} px",
             width="stretch",
         )

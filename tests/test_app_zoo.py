@@ -7,6 +7,7 @@ tests that run every zoo model are marked ``slow``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -19,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 from test_app import TIMEOUT, UNTRAINED, model_column, open_app, plain  # noqa: F401
 
 import attnviz
-from attnviz import zoo
+from attnviz import render, zoo
 from attnviz.maps import AttentionMap
 from attnviz.scales import GATE, map_scale
 from attnviz.scenes import CLASSES
@@ -218,17 +219,22 @@ def test_pick_maps(scene_page: ModuleType) -> None:
     assert [m.block for m in scene_page.pick_maps([amap(-1)], "last", True)] == [-1]
 
 
-def test_boxed_overlay_is_enlarged_with_the_box_and_its_colour_bar(scene_page: ModuleType) -> None:
+def test_boxed_map_is_enlarged_with_the_box_and_its_colour_bar(scene_page: ModuleType) -> None:
+    maps = sys.modules[scene_page.boxed_map.__module__]  # ui.maps, as the page imported it
     image = np.zeros((96, 96, 3), np.uint8)
     heat = np.random.default_rng(0).random((6, 6))
-    out = scene_page.boxed_overlay(image, heat, (10, 20, 30, 40), "jet", 0.5)
-    scale = scene_page.DISPLAY_SCALE
+    out = np.asarray(scene_page.boxed_map(image, (10, 20, 30, 40), heat, cmap="jet", alpha=0.5))
+    scale = 5  # the zoo's 96 px enlarged by a whole factor to at least DISPLAY_WIDTH (448)
+    assert maps.DISPLAY_WIDTH == 448
     assert out.shape == (96 * scale, 96 * scale, 3)
     # the outline lies just outside the scaled box
-    assert tuple(out[10 * scale - 1, 30 * scale]) == scene_page.BOX_COLOUR
-    assert tuple(out[20 * scale, 40 * scale]) == scene_page.BOX_COLOUR
-    with_bar = scene_page.boxed_overlay(image, heat, (10, 20, 30, 40), "jet", 0.5, map_scale(heat, GATE))
+    assert tuple(out[10 * scale - 1, 30 * scale]) == maps.BOX_COLOUR
+    assert tuple(out[20 * scale, 40 * scale]) == maps.BOX_COLOUR
+    with_bar = np.asarray(scene_page.boxed_map(image, (10, 20, 30, 40), heat, map_scale(heat, GATE)))
     assert with_bar.shape[1] == 96 * scale and with_bar.shape[0] > 96 * scale + 30  # the strip below
+    # the overlay under the box is the gate on its natural range, as render.overlay draws it
+    expected = render.overlay(render.enlarge(image, 448), heat, value_range=(0.0, 1.0))
+    np.testing.assert_array_equal(with_bar[: 10 * scale - 2], np.asarray(expected)[: 10 * scale - 2])
 
 
 # --------------------------------------------------------------------------------------------------

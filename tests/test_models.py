@@ -156,6 +156,8 @@ def test_models_are_grouped_and_say_what_they_were_trained_on(offline):
     assert trained_on["deformable_detr"] == "COCO" and trained_on["seresnet50"] == "ImageNet-1k"
     assert "self-supervised" in trained_on["vit_small_patch16_224.dino"]
     assert all(s.description for s in specs)
+    # a hub can give the weights of every model but the zoo (shipped) and DAT-T (its authors' release)
+    assert {s.name for s in specs if not s.from_hub} == GROUPS["zoo"] | {"dat_tiny"}
 
 
 def test_default_weights_are_the_zoo_s_own_and_cached_pretrained_else_random(offline):

@@ -370,3 +370,18 @@ def test_png_of_an_overlay_decodes_to_the_same_pixels(rng: np.random.Generator) 
         assert decoded.format == "PNG"
         assert decoded.mode == "RGB"
         np.testing.assert_array_equal(np.asarray(decoded), np.asarray(shown))
+
+
+def test_head_grid_on_a_shared_range_warns_per_non_finite_head_like_overlay(
+    rng: np.random.Generator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The one-pass path of a shared range falls back to map by map for non-finite heads."""
+    image = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    layer = rng.random((3, 5, 5))
+    layer[1, 2, 2] = np.nan
+    with caplog.at_level(logging.WARNING, logger="attnviz.render"):
+        out = head_grid_image(image, [layer], tile=24, value_range=(0.0, 0.5))
+    assert sum("non-finite" in r.getMessage() for r in caplog.records) == 1
+    clean = np.where(np.isfinite(layer), layer, 0.0)
+    expected = _reference_head_grid(image, [clean], "jet", 0.5, 24, 2, False, (0.0, 0.5))
+    np.testing.assert_array_equal(np.asarray(out), expected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -197,3 +198,17 @@ def test_cli_zoo_train_writes_weights_and_a_scored_card(monkeypatch, tmp_path, c
     model = attnviz.load_model("zoo_se", weights="pretrained")  # loads what was just written
     assert not model.untrained
     assert "| zoo_se |" in capsys.readouterr().out
+
+
+def test_read_card_reads_each_version_of_the_file_once_and_hands_out_copies(monkeypatch, tmp_path):
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
+    path = zoo.card_path("se")
+    path.write_text('{"accuracy": 0.5}')
+    first = zoo.read_card("se")
+    first["accuracy"] = 0.0  # a caller's change stays its own
+    assert zoo.read_card("se") == {"accuracy": 0.5}
+    path.write_text('{"accuracy": 0.75}')
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))  # a new version
+    assert zoo.read_card("se") == {"accuracy": 0.75}
+    path.unlink()
+    assert zoo.read_card("se") is None

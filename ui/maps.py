@@ -19,10 +19,13 @@ from PIL import Image
 
 from attnviz import render
 from attnviz.scales import SCALE_MODES, MapScale
+from attnviz.scenes import draw_box
 
 __all__ = [
+    "BOX_COLOUR",
     "DISPLAY_WIDTH",
     "SCALE_HELP",
+    "boxed_map",
     "error_parts",
     "error_with_details",
     "map_picture",
@@ -36,6 +39,9 @@ DISPLAY_WIDTH = 448
 """Pictures are drawn at least this wide (small inputs such as the zoo's 96 px are enlarged by a
 whole factor, nearest neighbour), so that the colour bar's text stays readable when the browser
 fits the picture to its column."""
+
+BOX_COLOUR = (255, 255, 255)
+"""The true box of a generated scene: white stays visible over every colormap of the sidebar."""
 
 SCALE_HELP = (
     "absolute: gates and Grad-CAM on their natural range 0 to 1; attention probabilities, shares of "
@@ -54,9 +60,8 @@ def md(text: str) -> str:
     return _MARKDOWN.sub(r"\\\1", text)
 
 
-def short(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters with an ellipsis (the full text goes into a tooltip)."""
-    return text if len(text) <= limit else text[: max(1, limit - 1)].rstrip() + "…"
+short = render.shorten
+"""``text`` cut to ``limit`` characters with an ellipsis (the full text goes into a tooltip)."""
 
 
 def scale_control(key: str) -> str:
@@ -81,6 +86,29 @@ def map_picture(
     big = render.enlarge(picture, max(int(min_width), 1))
     shown = render.overlay(big, values, cmap=cmap, alpha=alpha, value_range=scale.value_range)
     return render.with_colorbar(shown, scale, cmap=cmap, title=title)
+
+
+def boxed_map(
+    image: np.ndarray,
+    box: tuple[int, int, int, int],
+    heat: np.ndarray | None = None,
+    scale: MapScale | None = None,
+    *,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+) -> Image.Image:
+    """A generated scene enlarged like every map (:data:`DISPLAY_WIDTH`), optionally overlaid with
+    ``heat`` on ``scale``, with its true ``(y0, x0, y1, x1)`` box drawn, and the colour bar underneath
+    when there is a scale (without one a heat map is stretched to its own min-max, with no bar)."""
+    big = render.enlarge(image, DISPLAY_WIDTH)
+    factor = big.width // np.asarray(image).shape[1]
+    if heat is not None:
+        value_range = scale.value_range if scale is not None else None
+        big = render.overlay(big, heat, cmap=cmap, alpha=alpha, value_range=value_range)
+    boxed = Image.fromarray(draw_box(np.asarray(big), tuple(v * factor for v in box), BOX_COLOUR, width=2))
+    if heat is None or scale is None:
+        return boxed
+    return render.with_colorbar(boxed, scale, cmap=cmap)
 
 
 def show_map(
