@@ -145,3 +145,12 @@ def navigation_only(monkeypatch: pytest.MonkeyPatch) -> None:
         PagesManager.uses_pages_directory = False
 
     monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """Keep each phase's report on the test (``item.rep_call``), so that a fixture can tell after the
+    test whether it failed (the browser suite then saves a screenshot)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -329,6 +329,16 @@ def _shot_on_failure(page: Any, path: Path) -> Iterator[None]:
         raise
 
 
+@pytest.fixture
+def page(comparison: Any, request: pytest.FixtureRequest, out_dir: Path) -> Iterator[Any]:
+    """The shared comparison's page; a test that fails on it leaves ``failure_<test>.png``."""
+    yield comparison
+    report = getattr(request.node, "rep_call", None)  # set by conftest's pytest_runtest_makereport
+    if report is not None and report.failed:
+        with contextlib.suppress(Exception):
+            _screenshot(comparison, out_dir / f"failure_{request.node.name}.png")
+
+
 @contextlib.contextmanager
 def _session(chromium: Any, app_url: str, out_dir: Path, name: str) -> Iterator[Any]:
     """A fresh session's page; a screenshot ``failure_<name>.png`` when the block fails; closed after."""
@@ -472,254 +482,224 @@ def test_leaderboard_and_modules_controls(chromium: Any, app_url: str, out_dir: 
 # --------------------------------------------------------------------------------------------------
 
 
-def test_comparison_shows_each_column_with_its_scales_and_notices(comparison: Any, out_dir: Path) -> None:
+def test_comparison_shows_each_column_with_its_scales_and_notices(page: Any, out_dir: Path) -> None:
     from playwright.sync_api import expect
 
-    page = comparison
-    with _shot_on_failure(page, out_dir / "failure_comparison.png"):
-        for model in MODELS:
-            expect(page.get_by_role("heading", name=model[:15] if len(model) > 15 else model)).to_be_visible()
-        # the zoo models say the photo is not their ground; the random transformer says it is untrained
-        expect(
-            page.get_by_test_id("stAlertContentInfo").filter(has_text="Trained on generated shapes only")
-        ).to_have_count(2)
-        expect(page.get_by_test_id("stAlertContentWarning").filter(has_text="Untrained")).to_have_count(1)
-        # every map carries its scale: the caption names the quantity, the values and the scale
-        captions = page.get_by_test_id("stImageCaption")
-        expect(captions.filter(has_text="gate value · values")).to_have_count(1)  # CBAM's spatial gate
-        expect(captions.filter(has_text="share of sampling weight · values")).to_have_count(1)
-        expect(captions.filter(has_text="attention probability · values")).not_to_have_count(0)
-        expect(captions.filter(has_text="Grad-CAM relevance · values")).to_have_count(3)
-        # the zoo columns open on the block their card names
-        expect(page.get_by_text(re.compile(r"^★ block 0 finds the object best"))).to_have_count(2)
-        _no_exception(page)
-        _screenshot(page, out_dir / "compare.png")
-        # the README's picture of a comparison: the columns, scaled down
-        _screenshot(page, out_dir / "compare_columns.png", start=_key("compare_scale"), height=2350)
-        with Image.open(out_dir / "compare_columns.png") as img:
-            small = img.convert("RGB").resize(
-                (img.width * 3 // 5, img.height * 3 // 5), Image.Resampling.LANCZOS
-            )
-            small.save(out_dir / README_SHOT, quality=85, optimize=True)
+    for model in MODELS:
+        expect(page.get_by_role("heading", name=model[:15] if len(model) > 15 else model)).to_be_visible()
+    # the zoo models say the photo is not their ground; the random transformer says it is untrained
+    expect(
+        page.get_by_test_id("stAlertContentInfo").filter(has_text="Trained on generated shapes only")
+    ).to_have_count(2)
+    expect(page.get_by_test_id("stAlertContentWarning").filter(has_text="Untrained")).to_have_count(1)
+    # every map carries its scale: the caption names the quantity, the values and the scale
+    captions = page.get_by_test_id("stImageCaption")
+    expect(captions.filter(has_text="gate value · values")).to_have_count(1)  # CBAM's spatial gate
+    expect(captions.filter(has_text="share of sampling weight · values")).to_have_count(1)
+    expect(captions.filter(has_text="attention probability · values")).not_to_have_count(0)
+    expect(captions.filter(has_text="Grad-CAM relevance · values")).to_have_count(3)
+    # the zoo columns open on the block their card names
+    expect(page.get_by_text(re.compile(r"^★ block 0 finds the object best"))).to_have_count(2)
+    _no_exception(page)
+    _screenshot(page, out_dir / "compare.png")
+    # the README's picture of a comparison: the columns, scaled down
+    _screenshot(page, out_dir / "compare_columns.png", start=_key("compare_scale"), height=2350)
+    with Image.open(out_dir / "compare_columns.png") as img:
+        small = img.convert("RGB").resize((img.width * 3 // 5, img.height * 3 // 5), Image.Resampling.LANCZOS)
+        small.save(out_dir / README_SHOT, quality=85, optimize=True)
 
 
-def test_clicks_in_the_query_pickers_move_the_query_every_time(comparison: Any, out_dir: Path) -> None:
+def test_clicks_in_the_query_pickers_move_the_query_every_time(page: Any, out_dir: Path) -> None:
     """The click that used to crash the page (KeyError in _point_of_click): each click moves the query."""
     from playwright.sync_api import expect
 
-    page = comparison
-    with _shot_on_failure(page, out_dir / "failure_clicks.png"):
-        # the transformer's query point: 14 x 14 tokens of 16 px
-        _rerun(page, lambda: page.get_by_role("tab", name="Query point").click())
-        chart = f"compare_query_click_{TRANSFORMER}"
-        expect(page.locator(_key(chart))).to_be_visible()
-        before = _image_srcs(page, "mean of heads")
-        for row, col in ((3, 10), (12, 1), (3, 10)):  # and back: every click counts, not only the first
-            _click_token(page, chart, "compare_query", (row, col), 16)
-            expect(page.get_by_text(re.compile(rf"^Query token \({row}, {col}\)"))).to_be_visible()
-        after = _image_srcs(page, "mean of heads")
-        assert before and after and before != after  # the query map was drawn again for the new point
-        # a slider moves the point too, and a click after it still counts
-        page.locator(_key("compare_query_x")).get_by_role("slider").focus()
-        _rerun(page, lambda: page.keyboard.press("Home"))
-        expect(page.get_by_text(re.compile(r"^Query token \(3, 0\)"))).to_be_visible()
-        _click_data_point(page, chart, 10.5 * 16 - 0.5, 3.5 * 16 - 0.5)
-        expect(page.get_by_text(re.compile(r"^Query token \(3, 10\)"))).to_be_visible()
-        _screenshot(page, out_dir / "query_point.png")
+    # the transformer's query point: 14 x 14 tokens of 16 px
+    _rerun(page, lambda: page.get_by_role("tab", name="Query point").click())
+    chart = f"compare_query_click_{TRANSFORMER}"
+    expect(page.locator(_key(chart))).to_be_visible()
+    before = _image_srcs(page, "mean of heads")
+    for row, col in ((3, 10), (12, 1), (3, 10)):  # and back: every click counts, not only the first
+        _click_token(page, chart, "compare_query", (row, col), 16)
+        expect(page.get_by_text(re.compile(rf"^Query token \({row}, {col}\)"))).to_be_visible()
+    after = _image_srcs(page, "mean of heads")
+    assert before and after and before != after  # the query map was drawn again for the new point
+    # a slider moves the point too, and a click after it still counts
+    page.locator(_key("compare_query_x")).get_by_role("slider").focus()
+    _rerun(page, lambda: page.keyboard.press("Home"))
+    expect(page.get_by_text(re.compile(r"^Query token \(3, 0\)"))).to_be_visible()
+    _click_data_point(page, chart, 10.5 * 16 - 0.5, 3.5 * 16 - 0.5)
+    expect(page.get_by_text(re.compile(r"^Query token \(3, 10\)"))).to_be_visible()
+    _screenshot(page, out_dir / "query_point.png")
 
-        # the deformable convolution's query: a 12 x 12 grid of 8 px over the zoo's 96 px input
-        chart = f"compare_deform_click_{DEFORMABLE}"
-        page.locator(_key(chart)).scroll_into_view_if_needed()
-        for row, col in ((2, 9), (10, 3)):
-            _click_token(page, chart, "compare_deform", (row, col), 8)
-            expect(page.get_by_text(re.compile(rf"^Query {row * 12 + col} at pixel"))).to_be_visible()
-        _screenshot(page, out_dir / "deformable.png")
+    # the deformable convolution's query: a 12 x 12 grid of 8 px over the zoo's 96 px input
+    chart = f"compare_deform_click_{DEFORMABLE}"
+    page.locator(_key(chart)).scroll_into_view_if_needed()
+    for row, col in ((2, 9), (10, 3)):
+        _click_token(page, chart, "compare_deform", (row, col), 8)
+        expect(page.get_by_text(re.compile(rf"^Query {row * 12 + col} at pixel"))).to_be_visible()
+    _screenshot(page, out_dir / "deformable.png")
 
 
-def test_every_tab_and_expander_opens(comparison: Any, out_dir: Path) -> None:
+def test_every_tab_and_expander_opens(page: Any, out_dir: Path) -> None:
     from playwright.sync_api import expect
 
-    page = comparison
-    with _shot_on_failure(page, out_dir / "failure_tabs.png"):
-        for tab, shows in (
-            ("Heads × layers", re.compile(r"^Every layer \(rows L0")),
-            ("Query point", re.compile(r"^Query token")),
-            ("Rollout", re.compile(r"^Rollout through 12 layers")),
-            ("Head statistics", re.compile(r"^distance: per grid query")),
-        ):
-            _rerun(page, lambda tab=tab: page.get_by_role("tab", name=tab).click())
-            expect(page.get_by_text(shows).first).to_be_visible()
-            _no_exception(page)
-            layer = page.locator(_key("compare_vit_layer_12"))
-            # the layer picker is where a layer is read (heads, query point), not on rollout or statistics
-            expect(layer).to_have_count(1 if tab in ("Heads × layers", "Query point") else 0)
-            if tab == "Heads × layers":  # the layer, the head fusion and one head
-                _press_key(page, "compare_vit_layer_12", "Home")
-                _rerun(
-                    page,
-                    lambda: page.locator(_key("compare_vit_fusion")).get_by_role("radio", name="max").click(),
-                )
-                expect(
-                    page.get_by_test_id("stImageCaption").filter(has_text="max over 3 heads")
-                ).to_have_count(1)
-                _pick(page, _key("compare_vit_head_3"), "head 1")
-                expect(
-                    page.get_by_test_id("stImageCaption").filter(has_text="Layer 0: blocks.0, head 1")
-                ).to_have_count(1)
-            if tab == "Rollout":  # its formula typeset; the head fusion and the discard ratio
-                expect(page.locator(".katex").first).to_be_visible()
-                _pick(page, _key("compare_rollout_fusion"), "max")
-                _press_key(page, "compare_rollout_discard", "ArrowRight")
-                expect(
-                    page.get_by_text(re.compile(r"max over heads, lowest 0.05 of grid columns discarded"))
-                ).to_be_visible()
-            if tab == "Head statistics":  # a legend says what the dots and the line are
-                legend = page.locator(_key(f"compare_vit_stats_{TRANSFORMER}")).locator(".legendtext")
-                expect(legend).to_have_text(["one head", "mean over the layer's heads"])
-        for label in ("All blocks × channels", "Gate statistics per block"):
-            expander = page.get_by_test_id("stExpander").filter(has_text=label)
-            expect(expander).to_have_count(1)  # the zoo CNN's channels (the others have none)
-            _rerun(page, lambda e=expander: e.locator("summary").click())
-            expect(expander.locator(".js-plotly-plot")).to_have_count(1)
-            _no_exception(page)
-        # the deformable section's layer
-        _press_key(page, "compare_deform_layer_2", "End")
-        expect(page.get_by_text(re.compile(r"of attn3\.body: 1 group × 9 points"))).to_be_visible()
+    for tab, shows in (
+        ("Heads × layers", re.compile(r"^Every layer \(rows L0")),
+        ("Query point", re.compile(r"^Query token")),
+        ("Rollout", re.compile(r"^Rollout through 12 layers")),
+        ("Head statistics", re.compile(r"^distance: per grid query")),
+    ):
+        _rerun(page, lambda tab=tab: page.get_by_role("tab", name=tab).click())
+        expect(page.get_by_text(shows).first).to_be_visible()
         _no_exception(page)
-        _screenshot(page, out_dir / "tabs_and_expanders.png")
+        layer = page.locator(_key("compare_vit_layer_12"))
+        # the layer picker is where a layer is read (heads, query point), not on rollout or statistics
+        expect(layer).to_have_count(1 if tab in ("Heads × layers", "Query point") else 0)
+        if tab == "Heads × layers":  # the layer, the head fusion and one head
+            _press_key(page, "compare_vit_layer_12", "Home")
+            _rerun(
+                page,
+                lambda: page.locator(_key("compare_vit_fusion")).get_by_role("radio", name="max").click(),
+            )
+            expect(page.get_by_test_id("stImageCaption").filter(has_text="max over 3 heads")).to_have_count(1)
+            _pick(page, _key("compare_vit_head_3"), "head 1")
+            expect(
+                page.get_by_test_id("stImageCaption").filter(has_text="Layer 0: blocks.0, head 1")
+            ).to_have_count(1)
+        if tab == "Rollout":  # its formula typeset; the head fusion and the discard ratio
+            expect(page.locator(".katex").first).to_be_visible()
+            _pick(page, _key("compare_rollout_fusion"), "max")
+            _press_key(page, "compare_rollout_discard", "ArrowRight")
+            expect(
+                page.get_by_text(re.compile(r"max over heads, lowest 0.05 of grid columns discarded"))
+            ).to_be_visible()
+        if tab == "Head statistics":  # a legend says what the dots and the line are
+            legend = page.locator(_key(f"compare_vit_stats_{TRANSFORMER}")).locator(".legendtext")
+            expect(legend).to_have_text(["one head", "mean over the layer's heads"])
+    for label in ("All blocks × channels", "Gate statistics per block"):
+        expander = page.get_by_test_id("stExpander").filter(has_text=label)
+        expect(expander).to_have_count(1)  # the zoo CNN's channels (the others have none)
+        _rerun(page, lambda e=expander: e.locator("summary").click())
+        expect(expander.locator(".js-plotly-plot")).to_have_count(1)
+        _no_exception(page)
+    # the deformable section's layer
+    _press_key(page, "compare_deform_layer_2", "End")
+    expect(page.get_by_text(re.compile(r"of attn3\.body: 1 group × 9 points"))).to_be_visible()
+    _no_exception(page)
+    _screenshot(page, out_dir / "tabs_and_expanders.png")
 
 
-def test_every_download(comparison: Any, out_dir: Path) -> None:
-    page = comparison
-    with _shot_on_failure(page, out_dir / "failure_downloads.png"):
-        buttons = page.get_by_test_id("stDownloadButton")
-        names = {_label(b) for b in buttons.all()}
-        assert {"Top-5 (CSV)", "Grad-CAM (PNG)", "Attention map (PNG)", "Channel weights (CSV)"} <= names, (
-            names
-        )
-        seen = 0
-        for k, button in enumerate(buttons.all()):
-            label = _label(button)
-            path = _download(page, button, out_dir, f"download_{k}")
-            data = path.read_bytes()
-            if label.endswith("(PNG)"):
-                with Image.open(io.BytesIO(data)) as img:
-                    assert (
-                        img.format == "PNG" and img.width >= 448 and img.height > img.width
-                    )  # with its colour bar
-            elif label == "Top-5 (CSV)":
-                rows = list(csv.reader(io.StringIO(data.decode())))
-                assert rows[0] == ["rank", "class", "label", "probability"] and len(rows) == 6
-            elif label == "Channel weights (CSV)":
-                assert data.decode().startswith("channel,gate\n")
-            else:
-                assert label.startswith("Download everything (ZIP, 3 result(s))"), label
-                with zipfile.ZipFile(io.BytesIO(data)) as zf:
-                    summary = json.loads(zf.read("summary.json"))
-                    assert {f"cat/{m}/gradcam.png" for m in MODELS} <= set(zf.namelist())
-                assert [r["model"] for r in summary["results"]] == list(MODELS)
-                assert all(r["overlay_scale"]["mode"] == "absolute" for r in summary["results"])
-            seen += 1
-            _no_exception(page)
-        assert seen == buttons.count() >= 10
+def test_every_download(page: Any, out_dir: Path) -> None:
+    buttons = page.get_by_test_id("stDownloadButton")
+    names = {_label(b) for b in buttons.all()}
+    assert {"Top-5 (CSV)", "Grad-CAM (PNG)", "Attention map (PNG)", "Channel weights (CSV)"} <= names, names
+    seen = 0
+    for k, button in enumerate(buttons.all()):
+        label = _label(button)
+        path = _download(page, button, out_dir, f"download_{k}")
+        data = path.read_bytes()
+        if label.endswith("(PNG)"):
+            with Image.open(io.BytesIO(data)) as img:
+                assert (
+                    img.format == "PNG" and img.width >= 448 and img.height > img.width
+                )  # with its colour bar
+        elif label == "Top-5 (CSV)":
+            rows = list(csv.reader(io.StringIO(data.decode())))
+            assert rows[0] == ["rank", "class", "label", "probability"] and len(rows) == 6
+        elif label == "Channel weights (CSV)":
+            assert data.decode().startswith("channel,gate\n")
+        else:
+            assert label.startswith("Download everything (ZIP, 3 result(s))"), label
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                summary = json.loads(zf.read("summary.json"))
+                assert {f"cat/{m}/gradcam.png" for m in MODELS} <= set(zf.namelist())
+            assert [r["model"] for r in summary["results"]] == list(MODELS)
+            assert all(r["overlay_scale"]["mode"] == "absolute" for r in summary["results"])
+        seen += 1
+        _no_exception(page)
+    assert seen == buttons.count() >= 10
 
 
-def test_page_controls_change_what_is_shown(comparison: Any, out_dir: Path) -> None:
+def test_page_controls_change_what_is_shown(page: Any, out_dir: Path) -> None:
     from playwright.sync_api import expect
 
-    page = comparison
-    with _shot_on_failure(page, out_dir / "failure_controls.png"):
-        captions = page.get_by_test_id("stImageCaption")
-        # the colour scale: absolute by default, stretched on request, and the captions say which
-        _rerun(
-            page, lambda: page.locator(_key("compare_scale")).get_by_role("radio", name="stretched").click()
-        )
-        expect(captions.filter(has_text="scale: stretched to this map's own range")).not_to_have_count(0)
-        _rerun(
-            page, lambda: page.locator(_key("compare_scale")).get_by_role("radio", name="absolute").click()
-        )
-        expect(captions.filter(has_text="scale: stretched")).to_have_count(0)
-        # sorting the channel bars
-        _rerun(page, lambda: page.locator(_key("compare_sort")).get_by_text("Sort channels").click())
-        _no_exception(page)
-        # a column's block: the zoo CNN's second block; its card's best block stays marked
-        slider = page.locator(_key(f"compare_block_{ZOO}_2")).get_by_role("slider")
-        slider.focus()
-        _rerun(page, lambda: page.keyboard.press("End"))
-        # zoo_cbam moved to its second block; zoo_deform stays on its card's first
-        expect(page.get_by_text("Block 2 of 2", exact=False)).to_have_count(1)
-        expect(page.get_by_text("Block 1 of 2", exact=False)).to_have_count(1)
-        expect(page.get_by_text("The card's best block is 0 ★.")).to_be_visible()
-        # Grad-CAM of another class: the zoo CNN explains "circle"
-        _pick(page, f"[class*='st-key-compare_cam_target_{ZOO}_']", re.compile("^circle"))
-        expect(captions.filter(has_text="for “circle”")).to_have_count(1)
-        _no_exception(page)
-        # a model more than four: refused with a message where it bites
-        for model in ("zoo_se", "zoo_eca"):
-            _rerun(page, lambda m=model: _pill(page, m).click())
-        expect(
-            page.get_by_test_id("stAlertContentWarning").filter(has_text="at most 4 models")
-        ).to_have_count(1)
-        expect(
-            page.get_by_test_id("stAlertContentWarning").filter(has_text="zoo_eca was not added")
-        ).to_have_count(1)
-        _rerun(page, lambda: _pill(page, "zoo_se").click())  # back to the three
-        _no_exception(page)
-        # random weights for the zoo CNN on request: its column says untrained after the run
-        _pick(page, _key("compare_random"), ZOO)
-        expect(
-            page.get_by_test_id("stAlertContentInfo").filter(has_text="press Run to update")
-        ).to_have_count(1)
-        run = page.locator(_key("compare_run")).get_by_role("button", name="Run")
-        _rerun(page, run.click)
-        expect(page.get_by_test_id("stAlertContentWarning").filter(has_text="Untrained")).to_have_count(2)
-        _rerun(
-            page,
-            lambda: (
-                page.locator(_key("compare_random"))
-                .get_by_role("button", name=re.compile("Remove"))
-                .first.click()
-            ),
-        )
-        _rerun(page, run.click)
-        expect(page.get_by_test_id("stAlertContentWarning").filter(has_text="Untrained")).to_have_count(1)
-        # the transformer's missing weights: the hub cannot be reached, and the page says so plainly
-        get = page.locator(_key(f"compare_get_{TRANSFORMER}")).get_by_role("button")
-        _rerun(page, get.click)
-        failure = page.get_by_test_id("stAlertContentError").filter(has_text="could not be downloaded")
-        expect(failure).to_have_count(1)
-        expect(failure).to_contain_text(f"The pretrained weights of {TRANSFORMER} are not on this machine")
-        expect(failure).not_to_contain_text("Error")  # no exception names in the sentence ...
-        details = page.get_by_test_id("stExpander").filter(has_text="Details")
-        _rerun(page, lambda: details.locator("summary").click())
-        expect(details.get_by_test_id("stCode")).to_contain_text("HF_HUB_OFFLINE")  # ... they are here
-        _no_exception(page)
-        _screenshot(page, out_dir / "controls.png")
+    captions = page.get_by_test_id("stImageCaption")
+    # the colour scale: absolute by default, stretched on request, and the captions say which
+    _rerun(page, lambda: page.locator(_key("compare_scale")).get_by_role("radio", name="stretched").click())
+    expect(captions.filter(has_text="scale: stretched to this map's own range")).not_to_have_count(0)
+    _rerun(page, lambda: page.locator(_key("compare_scale")).get_by_role("radio", name="absolute").click())
+    expect(captions.filter(has_text="scale: stretched")).to_have_count(0)
+    # sorting the channel bars
+    _rerun(page, lambda: page.locator(_key("compare_sort")).get_by_text("Sort channels").click())
+    _no_exception(page)
+    # a column's block: the zoo CNN's second block; its card's best block stays marked
+    slider = page.locator(_key(f"compare_block_{ZOO}_2")).get_by_role("slider")
+    slider.focus()
+    _rerun(page, lambda: page.keyboard.press("End"))
+    # zoo_cbam moved to its second block; zoo_deform stays on its card's first
+    expect(page.get_by_text("Block 2 of 2", exact=False)).to_have_count(1)
+    expect(page.get_by_text("Block 1 of 2", exact=False)).to_have_count(1)
+    expect(page.get_by_text("The card's best block is 0 ★.")).to_be_visible()
+    # Grad-CAM of another class: the zoo CNN explains "circle"
+    _pick(page, f"[class*='st-key-compare_cam_target_{ZOO}_']", re.compile("^circle"))
+    expect(captions.filter(has_text="for “circle”")).to_have_count(1)
+    _no_exception(page)
+    # a model more than four: refused with a message where it bites
+    for model in ("zoo_se", "zoo_eca"):
+        _rerun(page, lambda m=model: _pill(page, m).click())
+    expect(page.get_by_test_id("stAlertContentWarning").filter(has_text="at most 4 models")).to_have_count(1)
+    expect(
+        page.get_by_test_id("stAlertContentWarning").filter(has_text="zoo_eca was not added")
+    ).to_have_count(1)
+    _rerun(page, lambda: _pill(page, "zoo_se").click())  # back to the three
+    _no_exception(page)
+    # random weights for the zoo CNN on request: its column says untrained after the run
+    _pick(page, _key("compare_random"), ZOO)
+    expect(page.get_by_test_id("stAlertContentInfo").filter(has_text="press Run to update")).to_have_count(1)
+    run = page.locator(_key("compare_run")).get_by_role("button", name="Run")
+    _rerun(page, run.click)
+    expect(page.get_by_test_id("stAlertContentWarning").filter(has_text="Untrained")).to_have_count(2)
+    _rerun(
+        page,
+        lambda: (
+            page.locator(_key("compare_random"))
+            .get_by_role("button", name=re.compile("Remove"))
+            .first.click()
+        ),
+    )
+    _rerun(page, run.click)
+    expect(page.get_by_test_id("stAlertContentWarning").filter(has_text="Untrained")).to_have_count(1)
+    # the transformer's missing weights: the hub cannot be reached, and the page says so plainly
+    get = page.locator(_key(f"compare_get_{TRANSFORMER}")).get_by_role("button")
+    _rerun(page, get.click)
+    failure = page.get_by_test_id("stAlertContentError").filter(has_text="could not be downloaded")
+    expect(failure).to_have_count(1)
+    expect(failure).to_contain_text(f"The pretrained weights of {TRANSFORMER} are not on this machine")
+    expect(failure).not_to_contain_text("Error")  # no exception names in the sentence ...
+    details = page.get_by_test_id("stExpander").filter(has_text="Details")
+    _rerun(page, lambda: details.locator("summary").click())
+    expect(details.get_by_test_id("stCode")).to_contain_text("HF_HUB_OFFLINE")  # ... they are here
+    _no_exception(page)
+    _screenshot(page, out_dir / "controls.png")
 
 
-def test_every_sidebar_setting_redraws_the_maps(comparison: Any, out_dir: Path) -> None:
+def test_every_sidebar_setting_redraws_the_maps(page: Any, out_dir: Path) -> None:
     from playwright.sync_api import expect
 
-    page = comparison
-    with _shot_on_failure(page, out_dir / "failure_sidebar.png"):
-        sidebar = page.get_by_test_id("stSidebar")
-        before = _image_srcs(page, "Grad-CAM relevance")
-        _pick(page, f"[data-testid='stSidebar'] {_key('sidebar_cmap')}", "viridis")
-        after = _image_srcs(page, "Grad-CAM relevance")
-        assert before and after and set(before).isdisjoint(after)  # every map redrawn in the new colours
-        slider = sidebar.locator(_key("sidebar_alpha")).get_by_role("slider")
-        slider.focus()
-        _rerun(page, lambda: page.keyboard.press("End"))
-        expect(sidebar.locator(_key("sidebar_alpha")).get_by_test_id("stSliderThumbValue")).to_have_text(
-            "1.00"
-        )
-        assert set(_image_srcs(page, "Grad-CAM relevance")).isdisjoint(after)
-        _pick(page, f"[data-testid='stSidebar'] {_key('sidebar_device')}", "cpu")
-        # auto and cpu are the same device here: the results stand, nothing asks for a new run
-        expect(
-            page.get_by_test_id("stAlertContentInfo").filter(has_text="press Run to update")
-        ).to_have_count(0)
-        _no_exception(page)
+    sidebar = page.get_by_test_id("stSidebar")
+    before = _image_srcs(page, "Grad-CAM relevance")
+    _pick(page, f"[data-testid='stSidebar'] {_key('sidebar_cmap')}", "viridis")
+    after = _image_srcs(page, "Grad-CAM relevance")
+    assert before and after and set(before).isdisjoint(after)  # every map redrawn in the new colours
+    slider = sidebar.locator(_key("sidebar_alpha")).get_by_role("slider")
+    slider.focus()
+    _rerun(page, lambda: page.keyboard.press("End"))
+    expect(sidebar.locator(_key("sidebar_alpha")).get_by_test_id("stSliderThumbValue")).to_have_text("1.00")
+    assert set(_image_srcs(page, "Grad-CAM relevance")).isdisjoint(after)
+    _pick(page, f"[data-testid='stSidebar'] {_key('sidebar_device')}", "cpu")
+    # auto and cpu are the same device here: the results stand, nothing asks for a new run
+    expect(page.get_by_test_id("stAlertContentInfo").filter(has_text="press Run to update")).to_have_count(0)
+    _no_exception(page)
 
 
 def test_a_camera_photo_and_a_hostile_upload(chromium: Any, app_url: str, out_dir: Path) -> None:

@@ -333,18 +333,20 @@ def test_overlay_on_a_value_range_equals_reference(
     np.testing.assert_array_equal(np.asarray(out), expected)
 
 
+@pytest.mark.parametrize("value_range", [None, (0.0, 0.5)], ids=["own-range", "shared-range"])
 def test_head_grid_with_non_finite_heads_warns_per_head_and_equals_reference(
-    rng: np.random.Generator, caplog: pytest.LogCaptureFixture
+    value_range: tuple[float, float] | None, rng: np.random.Generator, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A shared range's one-pass path falls back to map by map for non-finite heads, like own ranges."""
     image = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
     layer = rng.random((4, 5, 5))
     layer[1, 2, 2] = np.nan
     layer[3, 0, :] = np.inf
     with caplog.at_level(logging.WARNING, logger="attnviz.render"):
-        out = head_grid_image(image, [layer], tile=24)
+        out = head_grid_image(image, [layer], tile=24, value_range=value_range)
     assert sum("non-finite" in r.getMessage() for r in caplog.records) == 2
     np.testing.assert_array_equal(
-        np.asarray(out), _reference_head_grid(image, [layer], "jet", 0.5, 24, 2, False)
+        np.asarray(out), _reference_head_grid(image, [layer], "jet", 0.5, 24, 2, False, value_range)
     )
 
 
@@ -370,18 +372,3 @@ def test_png_of_an_overlay_decodes_to_the_same_pixels(rng: np.random.Generator) 
         assert decoded.format == "PNG"
         assert decoded.mode == "RGB"
         np.testing.assert_array_equal(np.asarray(decoded), np.asarray(shown))
-
-
-def test_head_grid_on_a_shared_range_warns_per_non_finite_head_like_overlay(
-    rng: np.random.Generator, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The one-pass path of a shared range falls back to map by map for non-finite heads."""
-    image = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
-    layer = rng.random((3, 5, 5))
-    layer[1, 2, 2] = np.nan
-    with caplog.at_level(logging.WARNING, logger="attnviz.render"):
-        out = head_grid_image(image, [layer], tile=24, value_range=(0.0, 0.5))
-    assert sum("non-finite" in r.getMessage() for r in caplog.records) == 1
-    clean = np.where(np.isfinite(layer), layer, 0.0)
-    expected = _reference_head_grid(image, [clean], "jet", 0.5, 24, 2, False, (0.0, 0.5))
-    np.testing.assert_array_equal(np.asarray(out), expected)
