@@ -1,9 +1,9 @@
 """The command line: ``python -m attnviz list``, ``analyze``, ``zoo`` and ``bench``.
 
 ``list`` shows the model zoo; ``analyze`` runs images (files or folders) through models and
-writes the export bundle (:mod:`attnviz.export`) to a folder, batch by batch
-(:mod:`attnviz.pipeline`); ``bench`` measures what capture costs
-(:mod:`attnviz.bench`). The library logs; this module configures logging and
+writes the export bundle (:mod:`attnviz.io.export`) to a folder, batch by batch
+(:mod:`attnviz.workflows.pipeline`); ``bench`` measures what capture costs
+(:mod:`attnviz.workflows.bench`). The library logs; this module configures logging and
 prints. Every expected failure ends with one line ``attnviz: error: ...`` on stderr and a non-zero
 exit status (2 for bad arguments, 1 otherwise); ``-v`` adds INFO logs and tracebacks. ``analyze``
 skips an unreadable image (one ``attnviz: skipped: ...`` line each), writes the other results and
@@ -26,11 +26,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from .errors import AttnvizError
-from .export import SUMMARY_FILENAME, validate_style
-from .imageio import ImageLoadError
-from .models import ProgressFn, get_spec, list_models, resolve_device
-from .pipeline import (
+from attnviz.backends import ProgressFn, get_spec, list_models
+from attnviz.core.errors import AttnvizError
+from attnviz.core.records import Analysis
+from attnviz.core.scales import SCALE_MODES
+from attnviz.io.export import SUMMARY_FILENAME, validate_style
+from attnviz.io.images import ImageLoadError
+from attnviz.runtime import resolve_device
+from attnviz.workflows.pipeline import (
     DEFAULT_BATCH_SIZE,
     IMAGE_EXTENSIONS,
     MAX_BATCH_SIZE,
@@ -39,8 +42,6 @@ from .pipeline import (
     analyze_to_folder,
     expand_image_paths,
 )
-from .records import Analysis
-from .scales import SCALE_MODES
 
 __all__ = ["MAX_IMAGES", "MAX_MODELS", "main"]
 
@@ -456,7 +457,9 @@ def _logging_and_warnings(verbose: bool, err: TextIO) -> Iterator[None]:
 
 
 def _cmd_zoo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from . import zoo
+    from attnviz.backends.zoo import read_card
+    from attnviz.layers.zoo_net import zoo_name
+    from attnviz.workflows import zoo_training as zoo
 
     try:
         kinds = zoo.kinds_from(args.kind)
@@ -472,14 +475,14 @@ def _cmd_zoo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_OK
     rows = []
     for kind in kinds:
-        card = zoo.read_card(kind)
+        card = read_card(kind)
         eval_set = (card or {}).get(
             "eval_set", {"n": 1000, "seed": zoo.TrainConfig().eval_seed, "clutter": 0.5}
         )
         n = args.n or eval_set["n"]
         if n < 1:
             raise _UsageError("--n must be at least 1")
-        _note(err, f"evaluating {zoo.zoo_name(kind)} on {n} held-out scenes (seed {eval_set['seed']})")
+        _note(err, f"evaluating {zoo_name(kind)} on {n} held-out scenes (seed {eval_set['seed']})")
         images, labels, boxes, _ = zoo.held_out_set(n, eval_set["seed"], eval_set["clutter"])
         rows.append(zoo.evaluate_zoo_model(kind, images, labels, boxes))
     if args.json:
@@ -491,7 +494,7 @@ def _cmd_zoo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from . import bench
+    from attnviz.workflows import bench
 
     if args.repeats is not None and args.repeats < 1:
         raise _UsageError("--repeats must be at least 1")

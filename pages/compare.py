@@ -41,13 +41,15 @@ import streamlit as st
 from PIL import Image
 
 import attnviz
-from attnviz import render, sampling, vit, zoo
-from attnviz.export import export_files, zip_bundle
-from attnviz.imageio import ALLOWED_EXTENSIONS, MAX_BYTES, MAX_PIXELS
-from attnviz.maps import AttentionMap, record_map
-from attnviz.samples import list_samples, load_sample
-from attnviz.scales import GRADCAM, OFFSET_LENGTH, PROBABILITY, ROLLOUT, map_scale, shared_scales
-from attnviz.scenes import CLASSES, SceneParams, make_scene
+from attnviz import render
+from attnviz.backends import zoo
+from attnviz.core.scales import GRADCAM, OFFSET_LENGTH, PROBABILITY, ROLLOUT, map_scale, shared_scales
+from attnviz.io.export import export_files, zip_bundle
+from attnviz.io.images import ALLOWED_EXTENSIONS, MAX_BYTES, MAX_PIXELS
+from attnviz.io.samples import list_samples, load_sample
+from attnviz.views import deformable, transformer
+from attnviz.views.maps import AttentionMap, record_map
+from attnviz.workflows.scenes import CLASSES, SceneParams, make_scene
 from ui import Settings, cached_model, require_app, store
 from ui import settings as read_settings
 from ui.maps import error_parts, error_with_details, map_picture, md, scale_control, short, show_map
@@ -250,7 +252,7 @@ def block_records(analysis: attnviz.Analysis, position: int) -> tuple[str, tuple
 
     Returns:
         ``(layer, channel_weights, maps)`` of that block; ``maps`` holds one
-        :class:`attnviz.maps.AttentionMap` per record with a spatial reading (spatial gates,
+        :class:`attnviz.views.maps.AttentionMap` per record with a spatial reading (spatial gates,
         context maps, axis gates, token and window attention, sampling points).
     """
     block = analysis.blocks[position]
@@ -263,7 +265,7 @@ def block_records(analysis: attnviz.Analysis, position: int) -> tuple[str, tuple
 
 def default_block(model: str, blocks: int) -> int:
     """The block a column opens on: for a zoo model the one that localises best according to its
-    card (:func:`attnviz.zoo.best_block`), else the last one."""
+    card (:func:`attnviz.backends.zoo.best_block`), else the last one."""
     if model.startswith("zoo_"):
         best = zoo.best_block(model.removeprefix("zoo_"))
         if best is not None and best.block < blocks:
@@ -304,7 +306,7 @@ def map_png(image, values, scale, cmap: str, alpha: float) -> bytes:
 
 
 def bundle_zip(items: Sequence[tuple[str, attnviz.Analysis]], cmap: str, alpha: float, scale: str) -> bytes:
-    """The ZIP of every result: :func:`attnviz.export.export_files` packed by ``zip_bundle``."""
+    """The ZIP of every result: :func:`attnviz.io.export.export_files` packed by ``zip_bundle``."""
     return zip_bundle(export_files(items, cmap=cmap, alpha=alpha, scale=scale))
 
 
@@ -443,7 +445,7 @@ def _image_inputs() -> tuple[list[ImageRef], dict[str, Image.Image]]:
         on_change=_on_samples,
         format_func=_scene_label,
         help="Photos shipped with attnviz (see assets/samples/ATTRIBUTION.md) and generated scenes "
-        "(attnviz.scenes, 224 px), the kind of picture the built-in zoo was trained on.",
+        "(attnviz.workflows.scenes, 224 px), the kind of picture the built-in zoo was trained on.",
     )
     decoded: dict[str, Image.Image] = {}
     refs: list[ImageRef] = []
@@ -1052,7 +1054,7 @@ def _heads_tab(rkey: tuple, analysis: attnviz.Analysis, records, settings: Setti
     picture, cmap, alpha = analysis.input_image, settings.cmap, settings.alpha
     index = _layer_slider(records)
     record = records[index]
-    maps = vit.summary_map(record)
+    maps = transformer.summary_map(record)
     left, right = st.columns(2)
     with left:
         fusion = st.segmented_control(
@@ -1063,17 +1065,17 @@ def _heads_tab(rkey: tuple, analysis: attnviz.Analysis, records, settings: Setti
         options = ["all heads", *(f"head {h}" for h in range(record.heads))]
         choice = st.selectbox("Head", options, key=f"{VIT_HEAD_KEY}_{record.heads}")
     if choice == "all heads":
-        heat, what = vit.fuse_heads(maps, fusion), f"{fusion} over {record.heads} heads"
+        heat, what = transformer.fuse_heads(maps, fusion), f"{fusion} over {record.heads} heads"
     else:
         head = int(choice.split()[1])
         heat, what = maps[head], choice
-    grid = vit.head_grid(records)
+    grid = transformer.head_grid(records)
     big, small = st.columns([2, 3])
     with big:
         show_map(picture, heat, map_scale(heat, PROBABILITY, mode), cmap, alpha,
                  f"Layer {_layer_label(record)}, {what}: {grid.how.split('; ')[0]}")  # fmt: skip
     with small:
-        prefix = vit.prefix_attention(records)
+        prefix = transformer.prefix_attention(records)
         if prefix is not None:
             labels = [str(r.block) for r in records]
             fig = render.prefix_attention_figure(prefix.names, labels, prefix.values, prefix.grid_mass)
@@ -1119,7 +1121,7 @@ def _query_tab(analysis: attnviz.Analysis, records, settings: Settings, mode: st
     index = _layer_slider(records)
     record = records[index]
     point = _query_point(analysis.model, record.grid, record.stride, picture)
-    qmap = vit.query_map(record, point)
+    qmap = transformer.query_map(record, point)
     marked = render.mark_point(picture, point)
     row, col = qmap.query
     extra = ""
@@ -1133,7 +1135,7 @@ def _query_tab(analysis: attnviz.Analysis, records, settings: Settings, mode: st
         f"**Query token ({row}, {col})** of layer {md(_layer_label(record))} at pixel "
         f"({point[0]:.0f}, {point[1]:.0f}).{md(extra)}"
     )
-    heads = [vit.fuse_heads(qmap.values, "mean"), *qmap.values]
+    heads = [transformer.fuse_heads(qmap.values, "mean"), *qmap.values]
     scale = map_scale(heads, PROBABILITY, mode)
     st.image(
         [map_picture(marked, h, scale, cmap, alpha, min_width=224) for h in heads],
@@ -1141,7 +1143,7 @@ def _query_tab(analysis: attnviz.Analysis, records, settings: Settings, mode: st
         width=190,
     )
     st.caption(md(f"This layer's heads, one scale: {scale.caption()}"))
-    per_layer = [vit.fuse_heads(vit.query_map(r, point).values, "mean") for r in records]
+    per_layer = [transformer.fuse_heads(transformer.query_map(r, point).values, "mean") for r in records]
     layer_scale = map_scale(per_layer, PROBABILITY, mode)
     st.image(
         [map_picture(marked, m, layer_scale, cmap, alpha, min_width=224) for m in per_layer],
@@ -1156,7 +1158,7 @@ def _query_tab(analysis: attnviz.Analysis, records, settings: Settings, mode: st
 def _rollout_tab(analysis: attnviz.Analysis, records, settings: Settings, mode: str) -> None:
     """Attention rollout with its options, or why it does not apply."""
     try:
-        vit.rollout(records)
+        transformer.rollout(records)
     except ValueError as err:
         st.info(md(f"Rollout does not apply to {analysis.model}: {err}"), icon=":material/info:")
         return
@@ -1169,7 +1171,7 @@ def _rollout_tab(analysis: attnviz.Analysis, records, settings: Settings, mode: 
             help="Zero this share of the weakest patch columns in every row before mixing; prefix "
             "tokens are never discarded.",
         )  # fmt: skip
-    roll = vit.rollout(records, head_fusion=fusion, discard_ratio=discard)
+    roll = transformer.rollout(records, head_fusion=fusion, discard_ratio=discard)
     st.latex(
         r"\hat A_l = \mathrm{rownorm}\left(0.5\,A_l + 0.5\,I\right),"
         r"\qquad R = \hat A_L \cdots \hat A_2\,\hat A_1"
@@ -1187,7 +1189,7 @@ def _rollout_tab(analysis: attnviz.Analysis, records, settings: Settings, mode: 
 
 def _stats_tab(analysis: attnviz.Analysis, records) -> None:
     """Per-head mean attention distance and entropy by layer."""
-    stats = vit.head_statistics(records)
+    stats = transformer.head_statistics(records)
     fig = render.head_stats_figure([_layer_label(r) for r in records], stats.distance, stats.entropy)
     st.plotly_chart(_compact(fig, 560, top=60), key=f"compare_vit_stats_{analysis.model}")
     st.caption(md(stats.how))
@@ -1254,8 +1256,8 @@ def _deformable_views(analyses: dict, settings: Settings, mode: str) -> None:
             grid = record.query_grid or (record.levels[0] if record.levels else (1, 1))
             stride = (hw[0] / grid[0], hw[1] / grid[1])
             point = _query_point(model, grid, stride, picture, prefix="compare_deform", stacked=not multi)
-            query = sampling.nearest_query(record, point, hw)
-    samples = sampling.query_samples(record, query, hw)
+            query = deformable.nearest_query(record, point, hw)
+    samples = deformable.query_samples(record, query, hw)
     where = (
         ""
         if samples.query_point is None
@@ -1278,7 +1280,7 @@ def _deformable_views(analyses: dict, settings: Settings, mode: str) -> None:
             + "; thin lines join each point to its reference (the learned offset); "
             + "✕ reference points, ★ the query."
         )
-    field = sampling.offset_field(record, hw)
+    field = deformable.offset_field(record, hw)
     if field is not None:
         left, right = st.columns(2)
         with left:
@@ -1296,12 +1298,14 @@ def _transformer_views(
     config: RunConfig, image: ImageRef, analyses: dict, settings: Settings, mode: str
 ) -> None:
     """Below the columns: every layer and head of the transformers' self-attention."""
-    with_attention = [m for m, a in analyses.items() if a is not None and vit.self_attention_records(a)]
+    with_attention = [
+        m for m, a in analyses.items() if a is not None and transformer.self_attention_records(a)
+    ]
     model = _section("Self-attention: layers, heads, query points, rollout", with_attention, VIT_MODEL_KEY)
     if model is None:
         return
     analysis = analyses[model]
-    records = vit.self_attention_records(analysis)
+    records = transformer.self_attention_records(analysis)
     rkey = config.result_key(image, model)
     # Only the open tab is computed (the tabs rerun the page when switched).
     heads, query, roll, stats = st.tabs(VIT_VIEWS, key=VIT_VIEW_KEY, on_change="rerun")

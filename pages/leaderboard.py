@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 import streamlit as st
 
-from attnviz import zoo
+from attnviz.backends import zoo
+from attnviz.layers.zoo_net import ZOO_KINDS, zoo_name
 from ui import require_app
 
 KINDS_KEY = "leaderboard_kinds"
@@ -48,9 +49,9 @@ reads the `.json` cards.
 
 
 def read_cards() -> dict[str, dict]:
-    """Every zoo kind's card that exists, in :data:`attnviz.zoo.ZOO_KINDS` order."""
+    """Every zoo kind's card that exists, in :data:`attnviz.layers.zoo_net.ZOO_KINDS` order."""
     cards = {}
-    for kind in zoo.ZOO_KINDS:
+    for kind in ZOO_KINDS:
         card = zoo.read_card(kind)
         if card is not None:
             cards[kind] = card
@@ -66,7 +67,7 @@ def leaderboard_rows(cards: dict[str, dict]) -> list[dict[str, object]]:
     """One row per model and scored map.
 
     Args:
-        cards: kind -> card, as :func:`attnviz.zoo.read_card` returns them.
+        cards: kind -> card, as :func:`attnviz.backends.zoo.read_card` returns them.
 
     Returns:
         Dicts with model, kind, accuracy, map, pointing game, energy in box, box area share,
@@ -77,7 +78,7 @@ def leaderboard_rows(cards: dict[str, dict]) -> list[dict[str, object]]:
         for score in card.get("localization") or []:
             rows.append(
                 {
-                    "model": str(card.get("name", zoo.zoo_name(kind))),
+                    "model": str(card.get("name", zoo_name(kind))),
                     "kind": kind,
                     "accuracy": card.get("accuracy"),
                     "map": str(score.get("name", "")),
@@ -161,10 +162,10 @@ def main() -> None:
     if not cards:
         st.info(_NO_CARDS, icon=":material/info:")
         return
-    missing = [zoo.zoo_name(k) for k in zoo.ZOO_KINDS if k not in cards]
+    missing = [zoo_name(k) for k in ZOO_KINDS if k not in cards]
     if missing:
         st.caption(f"No card yet for: {', '.join(missing)}.")
-    unscored = [zoo.zoo_name(k) for k, card in cards.items() if not card.get("localization")]
+    unscored = [zoo_name(k) for k, card in cards.items() if not card.get("localization")]
     if unscored:
         st.caption(
             f"Trained but not scored yet (no localisation in the card): {', '.join(unscored)}; "

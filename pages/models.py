@@ -7,7 +7,7 @@ from pathlib import PurePath
 import streamlit as st
 
 import attnviz
-from attnviz.models import MODEL_GROUPS
+from attnviz.backends import MODEL_GROUPS
 from ui import require_app
 
 _OFFLINE_HELP = """

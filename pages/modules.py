@@ -1,9 +1,9 @@
 """Modules page: what each attention module computes, how attnviz reads it, what it costs, and live.
 
-One tab per attention kind of :data:`attnviz.modules.ATTENTION_REGISTRY`, drawn from
-:data:`attnviz.teach.MODULE_GUIDE`: the paper, the formula, the data-flow graph (Graphviz, rendered by
+One tab per attention kind of :data:`attnviz.layers.ATTENTION_REGISTRY`, drawn from
+:data:`attnviz.workflows.teaching.MODULE_GUIDE`: the paper, the formula, the data-flow graph (Graphviz, rendered by
 Streamlit's bundled frontend, no network), what the module computes and what its heat map means,
-its parameters and FLOPs at the chosen size (:func:`attnviz.teach.module_cost`), and its zoo model
+its parameters and FLOPs at the chosen size (:func:`attnviz.workflows.teaching.module_cost`), and its zoo model
 run on a fixed generated scene. Then the three insertion patterns with runnable code.
 
 Zoo models come from :func:`ui.cached_model` (``st.cache_resource`` keyed by ``(name, weights,
@@ -19,11 +19,12 @@ import streamlit as st
 
 import attnviz
 from attnviz import render
-from attnviz.maps import attention_maps
-from attnviz.scales import shared_scales
-from attnviz.scenes import Scene, SceneParams, make_scene
-from attnviz.teach import INSERTION_PATTERNS, MODULE_GUIDE, ModuleGuide, flops_text, module_cost
-from attnviz.zoo import INPUT_SIZE, best_block
+from attnviz.backends.zoo import best_block
+from attnviz.core.scales import shared_scales
+from attnviz.layers.zoo_net import INPUT_SIZE
+from attnviz.views.maps import attention_maps
+from attnviz.workflows.scenes import Scene, SceneParams, make_scene
+from attnviz.workflows.teaching import INSERTION_PATTERNS, MODULE_GUIDE, ModuleGuide, flops_text, module_cost
 from ui import cached_model, require_app, store
 from ui import settings as read_settings
 from ui.maps import boxed_map, error_parts, error_with_details, md, scale_control
@@ -58,7 +59,7 @@ def example_scene(kind: str) -> Scene:
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def _cost(kind: str, channels: int, side: int) -> tuple[int, int]:
-    """:func:`attnviz.teach.module_cost`, cached (it runs the module once)."""
+    """:func:`attnviz.workflows.teaching.module_cost`, cached (it runs the module once)."""
     return module_cost(kind, channels, (side, side))
 
 

@@ -2,7 +2,7 @@
 
 How it works:
 
-- The controls (``scene_*`` keys) describe a :class:`attnviz.scenes.SceneParams` at the zoo's input
+- The controls (``scene_*`` keys) describe a :class:`attnviz.workflows.scenes.SceneParams` at the zoo's input
   size (96 px), so the image the models see is the scene itself and the true box needs no
   rescaling. Every change reruns the page: the zoo models are small, so all of them run at once
   (no Run button).
@@ -14,8 +14,8 @@ How it works:
   ``(model, device, scene)``, so moving the block choice, the colour scale or the overlay settings
   only re-renders. Models that cannot load keep their message in ``scene_failures``.
 - Each overlay carries the true box, its colour bar (maps of one quantity share one scale across
-  the models, :mod:`attnviz.scales`) and its localisation on this one scene
-  (:func:`attnviz.localization.score_maps` with n = 1): the energy in the box, its ratio to the
+  the models, :mod:`attnviz.core.scales`) and its localisation on this one scene
+  (:func:`attnviz.views.localisation.score_maps` with n = 1): the energy in the box, its ratio to the
   box's share of the image, and whether the map's maximum falls inside the box (pointing game).
   Each model opens on its best block according to its card.
 """
@@ -27,11 +27,12 @@ import logging
 import streamlit as st
 
 import attnviz
-from attnviz.localization import score_maps
-from attnviz.maps import AttentionMap, attention_maps
-from attnviz.scales import MapScale, shared_scales
-from attnviz.scenes import CLASSES, Scene, SceneParams, make_scene
-from attnviz.zoo import INPUT_SIZE, ZOO_KINDS, best_block, zoo_name
+from attnviz.backends.zoo import best_block
+from attnviz.core.scales import MapScale, shared_scales
+from attnviz.layers.zoo_net import INPUT_SIZE, ZOO_KINDS, zoo_name
+from attnviz.views.localisation import score_maps
+from attnviz.views.maps import AttentionMap, attention_maps
+from attnviz.workflows.scenes import CLASSES, Scene, SceneParams, make_scene
 from ui import Settings, cached_model, require_app, store
 from ui import settings as read_settings
 from ui.maps import boxed_map, error_parts, error_with_details, md, scale_control

@@ -22,11 +22,11 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import attnviz
-from attnviz import zoo
-from attnviz.maps import attention_maps
-from attnviz.models import MODEL_GROUPS
-from attnviz.scales import format_range
-from attnviz.scenes import CLASSES
+from attnviz.backends import MODEL_GROUPS
+from attnviz.backends.zoo import best_block
+from attnviz.core.scales import format_range
+from attnviz.views.maps import attention_maps
+from attnviz.workflows.scenes import CLASSES
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -534,8 +534,8 @@ def test_models_page_lists_every_model() -> None:
 def test_default_block_is_the_card_s_best_for_the_zoo_and_the_last_otherwise(
     compare_page: ModuleType,
 ) -> None:
-    assert compare_page.default_block("zoo_gc", 2) == zoo.best_block("gc").block == 0
-    assert compare_page.default_block("zoo_nonlocal", 2) == zoo.best_block("nonlocal").block == 1
+    assert compare_page.default_block("zoo_gc", 2) == best_block("gc").block == 0
+    assert compare_page.default_block("zoo_nonlocal", 2) == best_block("nonlocal").block == 1
     assert compare_page.default_block("zoo_se", 2) == 1  # channel attention: no best block
     assert compare_page.default_block("seresnet50", 16) == 15
 
@@ -688,7 +688,7 @@ def test_every_transformer_is_browsable_in_the_app(model: str) -> None:
     at = compare([model])
     assert not at.error, [e.value for e in at.error]
     [analysis] = at.session_state["compare_results"].values()
-    layers = attnviz.vit.self_attention_records(analysis)
+    layers = attnviz.views.transformer.self_attention_records(analysis)
     assert layers, model
     # every layer through the layer picker, every head through the head picker of the last one
     open_view(at, "Query point")
@@ -780,7 +780,7 @@ def test_deformable_detr_detections_and_decoder_queries_in_the_app() -> None:
     assert not at.exception, at.exception
     [query] = [t for t in markdown_texts(at) if t.startswith("**Query")]
     assert query.startswith(
-        f"**Query {attnviz.sampling.nearest_query(records[0], (100, 200), analysis.input_image.shape[:2])}**"
+        f"**Query {attnviz.views.deformable.nearest_query(records[0], (100, 200), analysis.input_image.shape[:2])}**"
     )
 
 

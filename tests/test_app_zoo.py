@@ -20,14 +20,16 @@ from streamlit.testing.v1 import AppTest
 from test_app import TIMEOUT, UNTRAINED, model_column, open_app, plain  # noqa: F401
 
 import attnviz
-from attnviz import render, zoo
-from attnviz.maps import AttentionMap
-from attnviz.scales import GATE, map_scale
-from attnviz.scenes import CLASSES
-from attnviz.teach import INSERTION_PATTERNS, MODULE_GUIDE
+from attnviz import render
+from attnviz.backends import zoo
+from attnviz.core.scales import GATE, map_scale
+from attnviz.layers.zoo_net import ZOO_KINDS, zoo_name
+from attnviz.views.maps import AttentionMap
+from attnviz.workflows.scenes import CLASSES
+from attnviz.workflows.teaching import INSERTION_PATTERNS, MODULE_GUIDE
 
 ROOT = Path(__file__).resolve().parent.parent
-ZOO_MODELS = [zoo.zoo_name(kind) for kind in zoo.ZOO_KINDS]
+ZOO_MODELS = [zoo_name(kind) for kind in ZOO_KINDS]
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +79,9 @@ def image_captions(block) -> list[str]:
 
 
 def fake_card(kind: str, accuracy: float, maps: list[tuple[str, float, float, float]]) -> dict:
-    """A card shaped like ``attnviz.zoo`` writes them; maps are (name, pointing, energy, area_share)."""
+    """A card shaped like ``attnviz.workflows.zoo_training`` writes them; maps are (name, pointing, energy, area_share)."""
     return {
-        "name": zoo.zoo_name(kind),
+        "name": zoo_name(kind),
         "kind": kind,
         "accuracy": accuracy,
         "eval_set": {"n": 1000, "seed": 2, "clutter": 0.5},

@@ -11,7 +11,7 @@ import torch
 from conftest import make_image
 
 import attnviz
-from attnviz.maps import attention_maps
+from attnviz.views.maps import attention_maps
 
 TOLERANCE = 0.02  # absolute, on gates in [0, 1] and on attention rows (see analyze's docstring)
 

@@ -1,4 +1,4 @@
-"""Tests of the benchmark (attnviz.bench, ``attnviz bench``): its output is well-formed.
+"""Tests of the benchmark (attnviz.workflows.bench, ``attnviz bench``): its output is well-formed.
 
 Speed targets are judged from the benchmark's own figures, never asserted here: the tests check
 that every figure is present, finite and positive, that ratios are the quotients of their parts,
@@ -13,8 +13,9 @@ import math
 
 import pytest
 
-from attnviz import bench
-from attnviz.bench import (
+from attnviz.cli import main
+from attnviz.workflows import bench
+from attnviz.workflows.bench import (
     SMALL_MODELS,
     BatchThroughput,
     BenchReport,
@@ -25,7 +26,6 @@ from attnviz.bench import (
     report_to_json,
     run_bench,
 )
-from attnviz.cli import main
 
 
 def _positive(value: object, what: str) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 from torchvision.ops.misc import SqueezeExcitation
 
 import attnviz
-from attnviz.capture import Capture, Tap
+from attnviz.capture.hooks import Capture, Tap
 
 close = torch.testing.assert_close
 

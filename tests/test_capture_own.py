@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from conftest import bilinear_zero_pad, randomize_norms
 
 import attnviz
-from attnviz.maps import attention_maps
-from attnviz.modules import CBAM, DAttention, DeformConv, NonLocal
-from attnviz.modules.coord import CoordAttention
-from attnviz.scenes import SceneParams, make_scene
+from attnviz.layers import CBAM, DAttention, DeformConv, NonLocal
+from attnviz.layers.coord import CoordAttention
+from attnviz.runtime import as_pil
+from attnviz.views.maps import attention_maps
+from attnviz.workflows.scenes import SceneParams, make_scene
 
 close = torch.testing.assert_close
 
@@ -42,7 +43,7 @@ def _io(model, images, cls) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     ]
     try:
         with torch.no_grad():
-            model.module(model.preprocess([attnviz.analysis._as_pil(i) for i in images]))
+            model.module(model.preprocess([as_pil(i) for i in images]))
     finally:
         for h in handles:
             h.remove()
@@ -124,7 +125,7 @@ def test_dat_points_resample_the_keys(scenes):
             hook_input = m.register_forward_hook(lambda _m, a, o, n=name: inputs.__setitem__(n, a[0]))
             handles += [hook_sampled, hook_input]
     with torch.no_grad():
-        model.module(model.preprocess([attnviz.analysis._as_pil(i) for i in scenes]))
+        model.module(model.preprocess([as_pil(i) for i in scenes]))
     for h in handles:
         h.remove()
     assert set(sampled) == {"attn2.body", "attn3.body"}

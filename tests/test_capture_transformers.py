@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 import torch.nn.functional as F
+from attnviz.capture.taps import find_taps
 from conftest import make_image, randomize_norms, wrap_module
 from PIL import Image
 from timm.layers.attention import Attention as TimmAttention
@@ -32,9 +33,8 @@ from torchvision.models.swin_transformer import ShiftedWindowAttention
 from torchvision.models.vision_transformer import VisionTransformer as TvViT
 
 import attnviz
-from attnviz.adapters import find_taps
-from attnviz.capture import Capture
-from attnviz.records import TokenAttention, WindowAttention
+from attnviz.capture.hooks import Capture
+from attnviz.core.records import TokenAttention, WindowAttention
 
 close = torch.testing.assert_close
 
@@ -615,7 +615,7 @@ def test_intercepting_capture_restores_after_a_raise(name, runs):
     ):
         model.module(x)
     # raised inside an intercepted forward (capture.py's wrapper), with the softmax recorder active
-    assert any(e.path.name == "capture.py" and e.name == "forward" for e in excinfo.traceback)
+    assert any(e.path.name == "hooks.py" and e.name == "forward" for e in excinfo.traceback)
     assert torch._C._len_torch_function_stack() == 0
     if name == "swin_t":
         assert 0 < len(cap.results()) < len(model.taps)

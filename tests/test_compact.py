@@ -11,9 +11,10 @@ import pytest
 from conftest import make_image, randomize_norms
 
 import attnviz
-from attnviz import render, sampling, vit
-from attnviz.maps import attention_maps
-from attnviz.records import COMPACT_DTYPE, array_nbytes
+from attnviz import render
+from attnviz.core.records import COMPACT_DTYPE, array_nbytes
+from attnviz.views import deformable, transformer
+from attnviz.views.maps import attention_maps
 
 # float16 keeps 11 significant bits: a value in [0, 1] is off by at most half an ulp.
 RTOL, ATOL = 2.0**-11, 2.0**-25
@@ -69,19 +70,22 @@ def test_views_of_a_compact_vit_match_the_full_result(deit: attnviz.Analysis) ->
         assert (a.layer, a.kind, a.block) == (b.layer, b.kind, b.block)
         assert a.values.dtype == np.float32
         close(a.values, b.values)
-    layers, full_layers = vit.self_attention_records(small), vit.self_attention_records(deit)
+    layers, full_layers = transformer.self_attention_records(small), transformer.self_attention_records(deit)
     for fusion in ("mean", "max"):
         close(
-            vit.rollout(layers, head_fusion=fusion).values,
-            vit.rollout(full_layers, head_fusion=fusion).values,
+            transformer.rollout(layers, head_fusion=fusion).values,
+            transformer.rollout(full_layers, head_fusion=fusion).values,
         )
-    q, fq = vit.query_map(layers[-1], (100.0, 60.0)), vit.query_map(full_layers[-1], (100.0, 60.0))
+    q, fq = (
+        transformer.query_map(layers[-1], (100.0, 60.0)),
+        transformer.query_map(full_layers[-1], (100.0, 60.0)),
+    )
     close(q.values, fq.values)
     close(q.prefix_mass, fq.prefix_mass)
-    s, fs = vit.head_statistics(layers), vit.head_statistics(full_layers)
+    s, fs = transformer.head_statistics(layers), transformer.head_statistics(full_layers)
     close(s.distance, fs.distance, atol=0.05)  # pixels
     close(s.entropy, fs.entropy)
-    grid, full_grid = vit.head_grid(small), vit.head_grid(deit)
+    grid, full_grid = transformer.head_grid(small), transformer.head_grid(deit)
     for a, b in zip(grid.maps, full_grid.maps, strict=True):
         close(a, b)
     picture = deit.input_image
@@ -129,8 +133,8 @@ def test_compact_sampling_weights_keep_positions() -> None:
             assert half.weights.dtype == COMPACT_DTYPE
             np.testing.assert_allclose(half.weights.astype(np.float32), full.weights, rtol=RTOL, atol=ATOL)
         a, b = (
-            sampling.query_samples(half, 0, dat.input_image.shape[:2]),
-            sampling.query_samples(full, 0, dat.input_image.shape[:2]),
+            deformable.query_samples(half, 0, dat.input_image.shape[:2]),
+            deformable.query_samples(full, 0, dat.input_image.shape[:2]),
         )
         np.testing.assert_array_equal(a.points, b.points)
 

@@ -12,19 +12,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from attnviz.capture.taps import find_taps
 from conftest import bilinear_zero_pad, randomize_norms
 
-from attnviz.adapters import find_taps
-from attnviz.capture import Capture
-from attnviz.dat_net import (
+from attnviz.backends import load_checkpoint
+from attnviz.capture.hooks import Capture
+from attnviz.layers import DAttention
+from attnviz.layers.dat_tiny import (
     DAT,
     DAT_TINY_CONFIG,
     LocalAttention,
     ShiftWindowAttention,
     build_dat_tiny,
 )
-from attnviz.models import load_checkpoint
-from attnviz.modules import DAttention
 
 close = torch.testing.assert_close
 

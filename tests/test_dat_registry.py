@@ -7,7 +7,7 @@ import torch
 from conftest import make_image
 
 import attnviz
-from attnviz.dat_net import LocalAttention, ShiftWindowAttention
+from attnviz.layers.dat_tiny import LocalAttention, ShiftWindowAttention
 
 close = torch.testing.assert_close
 

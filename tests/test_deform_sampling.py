@@ -20,7 +20,7 @@ from torchvision.ops import DeformConv2d
 
 import attnviz
 from attnviz import render
-from attnviz.export import export_files
+from attnviz.io.export import export_files
 
 close = torch.testing.assert_close
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -122,7 +122,7 @@ def test_torchvision_deform_conv_known_offset_lands_on_known_pixels() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Sampling views (attnviz.sampling) and their figures
+# Sampling views (attnviz.views.deformable) and their figures
 # --------------------------------------------------------------------------------------------------
 
 
@@ -143,21 +143,21 @@ def _grid_record() -> attnviz.SamplingPoints:
 
 def test_nearest_query_and_query_samples_on_a_query_grid() -> None:
     rec = _grid_record()
-    assert attnviz.sampling.nearest_query(rec, (20.0, 9.0), (32, 32)) == 2 * 4 + 1
-    qs = attnviz.sampling.query_samples(rec, 9, (32, 32))
+    assert attnviz.views.deformable.nearest_query(rec, (20.0, 9.0), (32, 32)) == 2 * 4 + 1
+    qs = attnviz.views.deformable.query_samples(rec, 9, (32, 32))
     np.testing.assert_allclose(qs.query_point, [19.5, 11.5])
     np.testing.assert_allclose(qs.points, rec.points[9])
     np.testing.assert_allclose(qs.offsets[..., 0], 3.0)
     assert qs.level.tolist() == [0, 0, 0] and qs.group_name == "group"
     with pytest.raises(ValueError, match="outside the 32x32 image"):
-        attnviz.sampling.nearest_query(rec, (32.0, 0.0), (32, 32))
+        attnviz.views.deformable.nearest_query(rec, (32.0, 0.0), (32, 32))
     with pytest.raises(ValueError, match=r"query must be in \[0, 16\)"):
-        attnviz.sampling.query_samples(rec, 16, (32, 32))
+        attnviz.views.deformable.query_samples(rec, 16, (32, 32))
 
 
 def test_offset_field_of_a_query_grid_and_of_shared_points() -> None:
     rec = _grid_record()
-    field = attnviz.sampling.offset_field(rec, (32, 32), max_arrows=4)
+    field = attnviz.views.deformable.offset_field(rec, (32, 32), max_arrows=4)
     assert field.grid == (4, 4)
     np.testing.assert_allclose(field.magnitude, 5.0, rtol=1e-6)
     # every other query (step 2): 4 queries x 2 groups, from the query pixel to its points' mean
@@ -169,11 +169,11 @@ def test_offset_field_of_a_query_grid_and_of_shared_points() -> None:
     ref = np.stack([ys.reshape(-1), xs.reshape(-1)], -1)[None, None].repeat(2, axis=1)
     pts = ref + np.array([0.0, 2.0])  # dx = 2 everywhere
     shared = attnviz.SamplingPoints("dat", "dat", pts, ref, None, None, 0)
-    field = attnviz.sampling.offset_field(shared, (24, 24))
+    field = attnviz.views.deformable.offset_field(shared, (24, 24))
     assert field.grid == (3, 2)
     np.testing.assert_allclose(field.magnitude, 2.0)
     np.testing.assert_allclose(field.ends - field.starts, [[0.0, 2.0]] * 12)
-    assert attnviz.sampling.query_samples(shared, 0, (24, 24)).query_point is None
+    assert attnviz.views.deformable.query_samples(shared, 0, (24, 24)).query_point is None
 
 
 def test_sampling_figure_has_a_panel_per_level_and_sizes_by_weight() -> None:
@@ -185,7 +185,7 @@ def test_sampling_figure_has_a_panel_per_level_and_sizes_by_weight() -> None:
         "enc", "detr_decoder", pts, pts * 0 + 15, wts, None, 0, levels=((8, 8), (4, 4)),
         query_points=np.full((q, 2), 15.0), group_name="head",
     )  # fmt: skip
-    qs = attnviz.sampling.query_samples(rec, 1, (32, 32))
+    qs = attnviz.views.deformable.query_samples(rec, 1, (32, 32))
     assert qs.level.tolist() == [0, 0, 1, 1]
     fig = render.sampling_figure(np.zeros((32, 32, 3), np.uint8), qs)
     markers = [t for t in fig.data if t.type == "scatter" and t.name and t.name.startswith("head")]
@@ -194,7 +194,7 @@ def test_sampling_figure_has_a_panel_per_level_and_sizes_by_weight() -> None:
     np.testing.assert_allclose(first.x, pts[1, 0, :2, 1])
     np.testing.assert_allclose(first.marker.size, 4 + 14 * wts[1, 0, :2] / wts[1].max())
     assert [a.text for a in fig.layout.annotations] == ["level 0 (8x8)", "level 1 (4x4)"]
-    field = attnviz.sampling.offset_field(rec, (32, 32))
+    field = attnviz.views.deformable.offset_field(rec, (32, 32))
     assert field is None  # decoder queries have no grid
 
 
@@ -217,7 +217,7 @@ def test_export_writes_the_offset_views_of_every_sampling_record() -> None:
     png = Image.open(io.BytesIO(files[f"{folder}/block00_deform_conv_offsets.png"]))
     # the 64 px input enlarged 4x (nearest) for a readable colour bar, which sits underneath
     assert png.width == 4 * SIZE and png.height > 4 * SIZE + 20
-    field = attnviz.sampling.offset_field(result.sampling_points[0], (SIZE, SIZE))
+    field = attnviz.views.deformable.offset_field(result.sampling_points[0], (SIZE, SIZE))
     scale = entry["offset_magnitude_scale"]
     assert (scale["quantity"], scale["unit"], scale["min"]) == ("offset length", "px", 0.0)
     assert scale["max"] == pytest.approx(float(field.magnitude.max()))

@@ -17,17 +17,16 @@ from conftest import make_image, randomize_norms
 from torch import nn
 
 import attnviz
-from attnviz.capture import Capture, Tap
-from attnviz.detr import (
+from attnviz.analysis.detector import _capture, analyze_detr
+from attnviz.backends.transformers_detr import (
     COCO_LABELS,
     DetrBundle,
-    _capture,
-    analyze_detr,
     build_deformable_detr,
     cached_pretrained_dir,
 )
-from attnviz.errors import WeightsUnavailableError
-from attnviz.records import Detections, SamplingPoints
+from attnviz.capture.hooks import Capture, Tap
+from attnviz.core.errors import WeightsUnavailableError
+from attnviz.core.records import Detections, SamplingPoints
 
 transformers = pytest.importorskip("transformers")
 from transformers import DeformableDetrConfig  # noqa: E402
@@ -536,8 +535,8 @@ def test_registry_weights_errors_name_the_repo(monkeypatch, tmp_path):
 def test_registry_model_analyses_and_exports_a_sample(tmp_path):
     import json
 
-    from attnviz.export import export_files
-    from attnviz.samples import load_sample
+    from attnviz.io.export import export_files
+    from attnviz.io.samples import load_sample
 
     torch.manual_seed(0)
     model = attnviz.load_model("deformable_detr", weights="random", device="cpu")

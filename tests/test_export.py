@@ -1,4 +1,4 @@
-"""Tests of attnviz.export: the bundle's layout, summary.json, PNG/CSV/HTML files, writing and zipping."""
+"""Tests of attnviz.io.export: the bundle's layout, summary.json, PNG/CSV/HTML files, writing and zipping."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from PIL import Image
 
 import attnviz
 from attnviz import render
-from attnviz.export import export_files, validate_style, write_bundle, zip_bundle
-from attnviz.records import Analysis, ChannelWeights, GradCAM, Prediction, SpatialMap
+from attnviz.core.records import Analysis, ChannelWeights, GradCAM, Prediction, SpatialMap
+from attnviz.io.export import export_files, validate_style, write_bundle, zip_bundle
 
 IMAGE_NAME = "photos/My Cat.jpg"
 SAFE_PART = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")

@@ -110,7 +110,7 @@ def test_server_side_limits_live_in_the_streamlit_config() -> None:
     and it must agree with the library's byte cap; error details stay out of the browser."""
     import tomllib
 
-    from attnviz.imageio import MAX_BYTES
+    from attnviz.io.images import MAX_BYTES
 
     config = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
     assert config["server"]["maxUploadSize"] * 2**20 == MAX_BYTES
@@ -137,7 +137,7 @@ def test_cli_error_stays_one_line_when_a_library_logger_is_verbose(
     case = next(c for c in REFUSED if c.name == "cut.png")
     path = tmp_path / case.name
     path.write_bytes(case.data)
-    logger = logging.getLogger("attnviz.imageio")
+    logger = logging.getLogger("attnviz.io.images")
     old = logger.level
     logger.setLevel(logging.DEBUG)
     try:

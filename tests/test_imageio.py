@@ -1,4 +1,4 @@
-"""Tests of attnviz.imageio: every input is generated here, nothing is downloaded or committed."""
+"""Tests of attnviz.io.images: every input is generated here, nothing is downloaded or committed."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from hostile_corpus import bilevel_png, encode, noise
 from PIL import Image, ImageFile
 
-from attnviz import imageio
-from attnviz.errors import AttnvizError
-from attnviz.imageio import (
+from attnviz.core.errors import AttnvizError
+from attnviz.io import images
+from attnviz.io.images import (
     ALLOWED_EXTENSIONS,
     ALLOWED_FORMATS,
     MAX_PIXELS,
@@ -233,7 +233,7 @@ def test_file_growing_after_stat_is_still_capped(tmp_path: Path, monkeypatch: py
         def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
             return small
 
-    monkeypatch.setattr(imageio, "Path", StaleStatPath)
+    monkeypatch.setattr(images, "Path", StaleStatPath)
     with pytest.raises(ImageLoadError, match=r"growing\.png is too big: the limit is 100 bytes\.$"):
         load_image(path, max_bytes=100)
 
@@ -443,6 +443,6 @@ def test_library_leaves_pillow_and_streamlit_alone() -> None:
         load_image(encode(noise(8, 8), "JPEG")[:200])
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     assert Image.MAX_IMAGE_PIXELS == 1024 * 1024 * 1024 // 4 // 3  # Pillow's default
-    source = Path(imageio.__file__).read_text(encoding="utf-8")
+    source = Path(images.__file__).read_text(encoding="utf-8")
     assert "import streamlit" not in source
     assert "from streamlit" not in source

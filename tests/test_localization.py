@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnviz.localization import (
+from attnviz.views.localisation import (
     CLASSIC_TOLERANCE_FRACTION,
     box_area_share,
     energy_in_box,

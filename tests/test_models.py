@@ -12,7 +12,8 @@ from conftest import make_image
 from safetensors.torch import save_file
 
 import attnviz
-from attnviz import models
+from attnviz import backends as models
+from attnviz.layers.zoo_net import ZOO_KINDS
 
 ZOO = {
     "mobilenet_v3_large": ("torchvision", ("se",)),
@@ -57,7 +58,7 @@ def offline(monkeypatch, tmp_path):
 def test_list_models_describes_the_zoo(offline):
     specs = {s.name: s for s in attnviz.list_models()}
     zoo = {n for n, s in specs.items() if s.source == "attnviz"}
-    assert zoo == {f"zoo_{k}" for k in attnviz.zoo.ZOO_KINDS}
+    assert zoo == {f"zoo_{k}" for k in ZOO_KINDS}
     assert list(specs)[: len(zoo)] == sorted(zoo, key=list(specs).index)  # the offline default comes first
     assert set(specs) - zoo == set(ZOO)
     assert specs["zoo_cbam"].attention == ("cbam_channel", "cbam_spatial") and specs[
@@ -136,7 +137,7 @@ def test_pretrained_offline_names_the_missing_file(offline, name):
 
 
 GROUPS = {
-    "zoo": {f"zoo_{k}" for k in attnviz.zoo.ZOO_KINDS},
+    "zoo": {f"zoo_{k}" for k in ZOO_KINDS},
     "cnn": {"mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf", "seresnet50", "ecaresnet26t",
             "skresnet18", "resnest14d", "gcresnext26ts", "resnet50"},
     "transformer": {"deit_tiny_patch16_224", "deit_small_patch16_224", "deit_tiny_distilled_patch16_224",

@@ -1,4 +1,4 @@
-"""attnviz.modules: shapes, gradients, and exposed attention against independent recomputation.
+"""attnviz.layers: shapes, gradients, and exposed attention against independent recomputation.
 
 Each test hooks the named submodule itself (plain ``register_forward_hook``), recomputes the
 attention from the module's parameters with plain tensor ops (einsum, an explicit bilinear
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
-from attnviz.modules import (
+from attnviz.layers import (
     ATTENTION_REGISTRY,
     CBAM,
     AttentionCore,

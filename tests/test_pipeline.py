@@ -1,4 +1,4 @@
-"""Tests of attnviz.pipeline: streamed batches give export_files' bundle, bounded and overlapped.
+"""Tests of attnviz.workflows.pipeline: streamed batches give export_files' bundle, bounded and overlapped.
 
 Most tests replace ``analyze`` by a fast, deterministic stand-in (the zoo models still load, from
 the weights in assets/); the ``slow`` ones run real zoo models end to end.
@@ -18,9 +18,11 @@ import torch
 from conftest import make_image
 from PIL import Image
 
-from attnviz import UnknownModelError, analyze, load_image, load_model, pipeline
-from attnviz.export import export_files
-from attnviz.pipeline import (
+from attnviz import UnknownModelError, analyze, load_image, load_model
+from attnviz.core.records import Analysis, ChannelWeights, GradCAM, Prediction, SpatialMap
+from attnviz.io.export import export_files
+from attnviz.workflows import pipeline
+from attnviz.workflows.pipeline import (
     IMAGE_EXTENSIONS,
     MAX_BATCH_SIZE,
     THREAD_PREFIX,
@@ -29,7 +31,6 @@ from attnviz.pipeline import (
     analyze_to_folder,
     expand_image_paths,
 )
-from attnviz.records import Analysis, ChannelWeights, GradCAM, Prediction, SpatialMap
 
 MODELS = ["zoo_se", "zoo_cbam"]  # their weights ship in assets/zoo: no network
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -21,7 +21,7 @@ from conftest import make_image, randomize_norms
 from PIL import Image
 
 import attnviz
-from attnviz.errors import GPUMemoryError
+from attnviz.core.errors import GPUMemoryError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -399,7 +399,7 @@ def test_a_fallback_note_reaches_the_export_and_the_app(monkeypatch: pytest.Monk
 
     from streamlit.testing.v1 import AppTest
 
-    from attnviz.export import export_files
+    from attnviz.io.export import export_files
 
     note = "GPU memory ran out for a batch of 2 images; they were analysed one at a time."
     real_analyze = attnviz.analyze

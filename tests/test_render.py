@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import pytest
 from PIL import Image
 
-from attnviz.records import ChannelWeights, Prediction
+from attnviz.core.records import ChannelWeights, Prediction
 from attnviz.render import (
     EMPTY_CHANNEL_MESSAGE,
     PLOTLYJS_FILENAME,

@@ -1,4 +1,4 @@
-"""Tests of attnviz.samples and the shipped sample photos."""
+"""Tests of attnviz.io.samples and the shipped sample photos."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnviz.imageio import load_image
-from attnviz.samples import SAMPLES_DIR, list_samples, load_sample
+from attnviz.io.images import load_image
+from attnviz.io.samples import SAMPLES_DIR, list_samples, load_sample
 
 SAMPLES = list_samples()
 

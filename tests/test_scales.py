@@ -1,4 +1,4 @@
-"""Colour scales (attnviz.scales) and the colour bar: every map shows its values honestly.
+"""Colour scales (attnviz.core.scales) and the colour bar: every map shows its values honestly.
 
 A near-constant gate is drawn as the near-constant value it is on the absolute scale; the colour
 bar's range is the record's natural range; maps of one quantity compared side by side share one
@@ -13,8 +13,7 @@ import pytest
 
 import attnviz
 from attnviz import render
-from attnviz.maps import attention_maps, record_map
-from attnviz.scales import (
+from attnviz.core.scales import (
     GATE,
     GRADCAM,
     OFFSET_LENGTH,
@@ -25,6 +24,7 @@ from attnviz.scales import (
     map_scale,
     shared_scales,
 )
+from attnviz.views.maps import attention_maps, record_map
 
 
 def _jet(x: float) -> tuple[int, int, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attnviz.scenes import CLASSES, SceneParams, draw_box, make_dataset, make_scene
+from attnviz.workflows.scenes import CLASSES, SceneParams, draw_box, make_dataset, make_scene
 
 
 def test_same_seed_same_scene_and_different_seed_differs():

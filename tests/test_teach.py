@@ -1,4 +1,4 @@
-"""attnviz.teach: the module guide, parameter and FLOP counts, and the insertion snippets."""
+"""attnviz.workflows.teaching: the module guide, parameter and FLOP counts, and the insertion snippets."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from attnviz import teach
-from attnviz.modules import ATTENTION_REGISTRY, create_attention
-from attnviz.teach import INSERTION_PATTERNS, MODULE_GUIDE, analytic_flop_ops, module_cost
-from attnviz.zoo import ZOO_KINDS, zoo_name
+from attnviz.layers import ATTENTION_REGISTRY, create_attention
+from attnviz.layers.zoo_net import ZOO_KINDS, zoo_name
+from attnviz.workflows import teaching
+from attnviz.workflows.teaching import INSERTION_PATTERNS, MODULE_GUIDE, analytic_flop_ops, module_cost
 
 _NODE = re.compile(r"^\s*(\w+) \[", re.MULTILINE)
 _EDGE = re.compile(r"^\s*(\w+) -> (\w+)", re.MULTILINE)
@@ -99,7 +99,7 @@ def test_dat_counts_both_of_its_grid_samples() -> None:
 
 
 def test_torch_formulas_win_over_ours(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(teach.flop_registry, torch.ops.aten.grid_sampler_2d, lambda *a, **k: 0)
+    monkeypatch.setitem(teaching.flop_registry, torch.ops.aten.grid_sampler_2d, lambda *a, **k: 0)
     assert torch.ops.aten.grid_sampler_2d not in analytic_flop_ops()
     assert torch.ops.torchvision.deform_conv2d in analytic_flop_ops()
 
@@ -134,21 +134,21 @@ def test_module_cost_refuses_bad_input(kind: str, channels: int, size: tuple, ma
 
 
 def test_flops_text() -> None:
-    assert teach.flops_text(384) == "384 FLOPs"
-    assert teach.flops_text(1024) == "1.02 kFLOPs"
-    assert teach.flops_text(21_239_808) == "21.2 MFLOPs"
-    assert teach.flops_text(4_100_000_000) == "4.1 GFLOPs"
+    assert teaching.flops_text(384) == "384 FLOPs"
+    assert teaching.flops_text(1024) == "1.02 kFLOPs"
+    assert teaching.flops_text(21_239_808) == "21.2 MFLOPs"
+    assert teaching.flops_text(4_100_000_000) == "4.1 GFLOPs"
 
 
 def test_three_insertion_patterns() -> None:
     assert [p.key for p in INSERTION_PATTERNS] == ["serial", "parallel", "core"]
     for pattern in INSERTION_PATTERNS:
         assert pattern.title and pattern.explanation
-        assert "attnviz.modules.insertion" in pattern.code
+        assert "attnviz.layers.insertion" in pattern.code
 
 
 @pytest.mark.parametrize("pattern", INSERTION_PATTERNS, ids=lambda p: p.key)
-def test_insertion_snippets_run(pattern: teach.InsertionPattern, capsys: pytest.CaptureFixture) -> None:
+def test_insertion_snippets_run(pattern: teaching.InsertionPattern, capsys: pytest.CaptureFixture) -> None:
     namespace: dict[str, object] = {}
     exec(compile(pattern.code, f"<{pattern.key} snippet>", "exec"), namespace)
     if pattern.key == "serial":

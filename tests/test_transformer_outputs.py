@@ -16,11 +16,9 @@ from numpy.testing import assert_allclose
 from PIL import Image
 
 import attnviz
-from attnviz import vit
 from attnviz.cli import main
-from attnviz.export import export_files
-from attnviz.maps import record_map
-from attnviz.records import Analysis, TokenAttention, WindowAttention
+from attnviz.core.records import Analysis, TokenAttention, WindowAttention
+from attnviz.io.export import export_files
 from attnviz.render import (
     head_grid_image,
     head_grid_margins,
@@ -30,6 +28,8 @@ from attnviz.render import (
     prefix_attention_figure,
     query_figure,
 )
+from attnviz.views import transformer
+from attnviz.views.maps import record_map
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -437,7 +437,7 @@ def test_export_distilled_files(analyses: dict[str, Analysis], bundle: dict[str,
         # the grid, then its colour bar strip underneath
         assert img.width == 3 * step - DEFAULT_GAP and img.height > 12 * step - DEFAULT_GAP + 20
     picture = analyses[DISTILLED].input_image
-    roll = vit.rollout(analyses[DISTILLED]).values
+    roll = transformer.rollout(analyses[DISTILLED]).values
     scale = results[DISTILLED]["transformer"]["rollout"]["scale"]
     assert (scale["min"], scale["max"]) == (0.0, pytest.approx(float(roll.max())))
     with _png(bundle[files["rollout"]]) as img:
@@ -481,7 +481,7 @@ def test_export_distilled_summary(analyses: dict[str, Analysis], results) -> Non
     assert "cls and dist" in t["head_grid"]["how"]
     # 2 prefix tokens + 14 x 14 patches: the entropy of a uniform row is log 198
     assert_allclose(t["max_entropy_nats"], [math.log(198)] * 12, rtol=1e-6)
-    stats = vit.head_statistics(analysis)
+    stats = transformer.head_statistics(analysis)
     for k in range(12):
         assert len(t["head_distance_px"][k]) == len(t["head_entropy_nats"][k]) == 3
         assert_allclose(t["head_distance_px"][k], stats.distance[k], rtol=1e-6)

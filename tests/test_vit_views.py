@@ -1,4 +1,4 @@
-"""Transformer views (attnviz.vit) against hand-computed numbers and independent recomputations."""
+"""Transformer views (attnviz.views.transformer) against hand-computed numbers and independent recomputations."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from attnviz.records import Analysis, ChannelWeights, GradCAM, TokenAttention, WindowAttention
-from attnviz.vit import (
+from attnviz.core.records import Analysis, ChannelWeights, GradCAM, TokenAttention, WindowAttention
+from attnviz.views.transformer import (
     fuse_heads,
     head_grid,
     head_statistics,

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 import attnviz
-from attnviz import zoo
+from attnviz.backends import zoo as zoo_cards
 from attnviz.cli import main
+from attnviz.layers import zoo_net
+from attnviz.workflows import zoo_training
 
-KINDS = list(zoo.ZOO_KINDS)
+KINDS = list(zoo_net.ZOO_KINDS)
 # Zoo models whose attention has a spatial reading (a map over positions).
 SPATIAL = ["cbam", "ca", "gc", "nonlocal", "mhsa", "dat"]
 BUDGET_BYTES = 15 * 1024 * 1024
@@ -22,38 +24,38 @@ BUDGET_BYTES = 15 * 1024 * 1024
 def test_every_kind_has_small_committed_weights_and_a_card():
     total = 0
     for kind in KINDS:
-        assert zoo.weights_path(kind).is_file(), f"missing {zoo.weights_path(kind)}"
-        total += zoo.weights_path(kind).stat().st_size
+        assert zoo_cards.weights_path(kind).is_file(), f"missing {zoo_cards.weights_path(kind)}"
+        total += zoo_cards.weights_path(kind).stat().st_size
         card = json.loads(
-            zoo.card_path(kind).read_text(), parse_constant=lambda c: pytest.fail(f"{c} in card")
+            zoo_cards.card_path(kind).read_text(), parse_constant=lambda c: pytest.fail(f"{c} in card")
         )
-        assert card["name"] == zoo.zoo_name(kind) and card["kind"] == kind
-        assert card["classes"] == list(attnviz.scenes.CLASSES)
-        assert card["training"]["config"]["seed"] == zoo.TrainConfig().seed
+        assert card["name"] == zoo_net.zoo_name(kind) and card["kind"] == kind
+        assert card["classes"] == list(attnviz.workflows.scenes.CLASSES)
+        assert card["training"]["config"]["seed"] == zoo_training.TrainConfig().seed
         assert card["accuracy"] >= 0.9, f"{kind}: {card['accuracy']}"
         assert card["localization"], kind
-        spec = attnviz.get_spec(zoo.zoo_name(kind))
+        spec = attnviz.get_spec(zoo_net.zoo_name(kind))
         assert spec.source == "attnviz" and spec.pretrained_available
     assert total < BUDGET_BYTES
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_committed_weights_reproduce_the_card_accuracy(kind):
-    card = zoo.read_card(kind)
+    card = zoo_cards.read_card(kind)
     check = card["check_set"]
-    images, labels, _, _ = zoo.held_out_set(check["n"], check["seed"], check["clutter"])
-    model = attnviz.load_model(zoo.zoo_name(kind), weights="pretrained", device="cpu")
-    assert not model.untrained and model.categories == attnviz.scenes.CLASSES
-    assert zoo.parameter_count(model.module) == card["parameters"]
-    got = zoo.accuracy(model.module, images, labels)
+    images, labels, _, _ = zoo_training.held_out_set(check["n"], check["seed"], check["clutter"])
+    model = attnviz.load_model(zoo_net.zoo_name(kind), weights="pretrained", device="cpu")
+    assert not model.untrained and model.categories == attnviz.workflows.scenes.CLASSES
+    assert zoo_training.parameter_count(model.module) == card["parameters"]
+    got = zoo_training.accuracy(model.module, images, labels)
     assert got >= 0.9
     assert abs(got - check["accuracy"]) <= 1 / check["n"] + 1e-9
 
 
 @pytest.mark.parametrize("kind", SPATIAL)
 def test_spatial_attention_puts_more_mass_on_the_object_than_its_area(kind):
-    images, labels, boxes, _ = zoo.held_out_set(200, seed=7)
-    result = zoo.evaluate_zoo_model(kind, images, labels, boxes, gradcam=False)
+    images, labels, boxes, _ = zoo_training.held_out_set(200, seed=7)
+    result = zoo_training.evaluate_zoo_model(kind, images, labels, boxes, gradcam=False)
     maps = [s for s in result["localization"] if not s["name"].startswith("Grad-CAM")]
     assert maps, kind
     best = max(maps, key=lambda s: s["energy_ratio"])
@@ -62,22 +64,22 @@ def test_spatial_attention_puts_more_mass_on_the_object_than_its_area(kind):
 
 
 def test_training_is_reproducible():
-    config = zoo.TrainConfig(n_train=48, epochs=1, batch_size=16)
-    images, labels, _, _ = zoo.held_out_set(48, seed=5)
-    a, _ = zoo.train_zoo_model("cbam", config, data=(images, labels))
-    b, _ = zoo.train_zoo_model("cbam", config, data=(images, labels))
+    config = zoo_training.TrainConfig(n_train=48, epochs=1, batch_size=16)
+    images, labels, _, _ = zoo_training.held_out_set(48, seed=5)
+    a, _ = zoo_training.train_zoo_model("cbam", config, data=(images, labels))
+    b, _ = zoo_training.train_zoo_model("cbam", config, data=(images, labels))
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(pa, pb, msg=name)
 
 
 def test_every_zoo_kind_builds_and_runs():
     for kind in KINDS:
-        model = zoo.build_zoo_model(kind).eval()
+        model = zoo_net.build_zoo_model(kind).eval()
         with torch.no_grad():
-            out = model(torch.randn(2, 3, zoo.INPUT_SIZE, zoo.INPUT_SIZE))
-        assert out.shape == (2, len(attnviz.scenes.CLASSES))
+            out = model(torch.randn(2, 3, zoo_net.INPUT_SIZE, zoo_net.INPUT_SIZE))
+        assert out.shape == (2, len(attnviz.workflows.scenes.CLASSES))
     with pytest.raises(ValueError, match="Unknown zoo kind 'vit'"):
-        zoo.ZooNet("vit")
+        zoo_net.ZooNet("vit")
 
 
 def test_format_table_lists_every_map():
@@ -103,7 +105,7 @@ def test_format_table_lists_every_map():
             ],
         }
     ]
-    table = zoo.format_table(rows).splitlines()
+    table = zoo_training.format_table(rows).splitlines()
     assert table[2] == "| zoo_x | 95.0% | block 0 · a | 50.0% | 0.200 | 0.050 | 4.00 |"
     assert table[3] == "|  |  | Grad-CAM · b | 70.0% | 0.300 | 0.050 | 6.00 |"
 
@@ -125,7 +127,7 @@ def test_zoo_analyze_through_the_cli(tmp_path, capsys):
     image = tmp_path / "scene.png"
     from PIL import Image
 
-    Image.fromarray(attnviz.scenes.make_scene(4).image).save(image)
+    Image.fromarray(attnviz.workflows.scenes.make_scene(4).image).save(image)
     assert (
         main(["analyze", str(image), "--model", "zoo_ca", "--model", "zoo_dat", "--out", str(tmp_path / "o")])
         == 0
@@ -137,7 +139,7 @@ def test_zoo_analyze_through_the_cli(tmp_path, capsys):
 
 
 def test_missing_zoo_weights_name_the_file(monkeypatch, tmp_path):
-    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
+    monkeypatch.setattr(zoo_cards, "ZOO_DIR", tmp_path)
     with pytest.raises(
         attnviz.WeightsUnavailableError, match=r"zoo_se\.safetensors.*zoo train --kind se"
     ) as info:
@@ -159,7 +161,7 @@ def test_best_block_is_the_best_pointing_map_of_the_card():
             {"name": "Grad-CAM · stage3", "pointing": 0.99, "energy_ratio": 9.0},  # not a block
         ]
     }
-    best = zoo.best_block(card)
+    best = zoo_cards.best_block(card)
     assert (best.block, best.name, best.pointing, best.energy_ratio) == (
         2,
         "block 2 · attn3 (mhsa)",
@@ -170,18 +172,18 @@ def test_best_block_is_the_best_pointing_map_of_the_card():
         "block 2 finds the object best on the held-out scenes: pointing game 80%, "
         "energy in the box 3.0x uniform"
     )
-    assert zoo.best_block({"localization": card["localization"][3:]}) is None
-    assert zoo.best_block(None) is None and zoo.best_block({}) is None
+    assert zoo_cards.best_block({"localization": card["localization"][3:]}) is None
+    assert zoo_cards.best_block(None) is None and zoo_cards.best_block({}) is None
 
 
 def test_best_blocks_of_the_committed_cards():
     """The cards say GC and DAT find the object in their first block, non-local in its second."""
-    best = {kind: zoo.best_block(kind) for kind in zoo.ZOO_KINDS}
+    best = {kind: zoo_cards.best_block(kind) for kind in zoo_net.ZOO_KINDS}
     assert {k for k, b in best.items() if b is None} == {"none", "se", "eca", "sk"}  # no spatial map
     for kind, b in best.items():
         if b is None:
             continue
-        rows = [r for r in zoo.read_card(kind)["localization"] if r["name"].startswith("block ")]
+        rows = [r for r in zoo_cards.read_card(kind)["localization"] if r["name"].startswith("block ")]
         assert b.pointing == max(r["pointing"] for r in rows)
     assert best["gc"].block == 0 and best["gc"].pointing == 1.0
     assert best["dat"].block == 0 and best["nonlocal"].block == 1
@@ -189,11 +191,11 @@ def test_best_blocks_of_the_committed_cards():
 
 @pytest.mark.slow
 def test_cli_zoo_train_writes_weights_and_a_scored_card(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
+    monkeypatch.setattr(zoo_cards, "ZOO_DIR", tmp_path)
     assert main(["zoo", "train", "--kind", "se", "--epochs", "1", "--n-train", "64"]) == 0
     card = json.loads((tmp_path / "zoo_se.json").read_text())
     assert card["training"]["config"]["epochs"] == 1 and card["training"]["config"]["n_train"] == 64
-    assert 0 <= card["accuracy"] <= 1 and card["check_set"]["n"] == zoo.CHECK_SET["n"]
+    assert 0 <= card["accuracy"] <= 1 and card["check_set"]["n"] == zoo_training.CHECK_SET["n"]
     assert any("Grad-CAM" in s["name"] for s in card["localization"])
     model = attnviz.load_model("zoo_se", weights="pretrained")  # loads what was just written
     assert not model.untrained
@@ -201,14 +203,14 @@ def test_cli_zoo_train_writes_weights_and_a_scored_card(monkeypatch, tmp_path, c
 
 
 def test_read_card_reads_each_version_of_the_file_once_and_hands_out_copies(monkeypatch, tmp_path):
-    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
-    path = zoo.card_path("se")
+    monkeypatch.setattr(zoo_cards, "ZOO_DIR", tmp_path)
+    path = zoo_cards.card_path("se")
     path.write_text('{"accuracy": 0.5}')
-    first = zoo.read_card("se")
+    first = zoo_cards.read_card("se")
     first["accuracy"] = 0.0  # a caller's change stays its own
-    assert zoo.read_card("se") == {"accuracy": 0.5}
+    assert zoo_cards.read_card("se") == {"accuracy": 0.5}
     path.write_text('{"accuracy": 0.75}')
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))  # a new version
-    assert zoo.read_card("se") == {"accuracy": 0.75}
+    assert zoo_cards.read_card("se") == {"accuracy": 0.75}
     path.unlink()
-    assert zoo.read_card("se") is None
+    assert zoo_cards.read_card("se") is None

@@ -79,7 +79,7 @@ def _model_cache() -> _ModelCache:
 
 
 def cached_model(
-    name: str, weights: str, device: str, progress: attnviz.models.ProgressFn | None = None
+    name: str, weights: str, device: str, progress: attnviz.backends.ProgressFn | None = None
 ) -> attnviz.LoadedModel:
     """One model per ``(name, weights, device)`` and weights file version, shared by every session.
 

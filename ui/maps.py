@@ -1,8 +1,8 @@
 """Heat maps on the pages: every map drawn with its colour bar, on the scale the page chose.
 
-A page offers one :func:`scale_control` (absolute or stretched, :data:`attnviz.scales.SCALE_MODES`),
-computes one :class:`attnviz.scales.MapScale` per map (shared by the maps of one quantity that it
-shows side by side: :func:`attnviz.scales.shared_scales`) and draws each map with :func:`show_map`:
+A page offers one :func:`scale_control` (absolute or stretched, :data:`attnviz.core.scales.SCALE_MODES`),
+computes one :class:`attnviz.core.scales.MapScale` per map (shared by the maps of one quantity that it
+shows side by side: :func:`attnviz.core.scales.shared_scales`) and draws each map with :func:`show_map`:
 the overlay on the picture, enlarged for the screen, with the colour bar underneath and the value
 range in the caption. Captions and messages pass through :func:`md`, so that formulas such as
 ``0.5*A + 0.5*I`` keep their asterisks.
@@ -18,8 +18,8 @@ import streamlit as st
 from PIL import Image
 
 from attnviz import render
-from attnviz.scales import SCALE_MODES, MapScale
-from attnviz.scenes import draw_box
+from attnviz.core.scales import SCALE_MODES, MapScale
+from attnviz.workflows.scenes import draw_box
 
 __all__ = [
     "BOX_COLOUR",

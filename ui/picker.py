@@ -1,6 +1,6 @@
 """The model picker, grouped, and the weights each chosen model runs with.
 
-Models are offered as pills in the groups of :data:`attnviz.models.MODEL_GROUPS` (built-in zoo,
+Models are offered as pills in the groups of :data:`attnviz.backends.MODEL_GROUPS` (built-in zoo,
 ImageNet CNNs, transformers, detectors); each group's help lists its models with one line each.
 The comparison keeps the models in the order they were picked and holds at most :data:`MAX_MODELS`:
 a pick beyond that is refused with a message that says so, instead of being dropped silently.
@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import streamlit as st
 
 import attnviz
-from attnviz.models import MODEL_GROUPS, default_weights
-
-from .maps import md
+from attnviz.backends import MODEL_GROUPS, default_weights
+from ui.maps import md
 
 __all__ = ["MAX_MODELS", "WeightsPlan", "group_key", "model_picker", "random_override", "weights_plan"]
 
@@ -47,7 +46,7 @@ class WeightsPlan:
 
 def weights_plan(model: str, random: Sequence[str] = ()) -> WeightsPlan:
     """The weights ``model`` runs with: random when asked (``model in random``), else
-    :func:`attnviz.models.default_weights`."""
+    :func:`attnviz.backends.default_weights`."""
     spec = attnviz.get_spec(model)
     if model in random:
         return WeightsPlan(model, "random", "random weights, as asked (untrained)")
