@@ -1,9 +1,11 @@
 """Modules page: what each attention module computes, how attnviz reads it, what it costs, and live.
 
 One tab per attention kind of :data:`attnviz.layers.ATTENTION_REGISTRY`, drawn from
-:data:`attnviz.workflows.teaching.MODULE_GUIDE`: the paper, the formula, the data-flow graph (Graphviz, rendered by
+:data:`attnviz.workflows.teaching.MODULE_GUIDE`: the paper, the formula, the data-flow graph
+(Graphviz, rendered by
 Streamlit's bundled frontend, no network), what the module computes and what its heat map means,
-its parameters and FLOPs at the chosen size (:func:`attnviz.workflows.teaching.module_cost`), and its zoo model
+its parameters and FLOPs at the chosen size (:func:`attnviz.workflows.teaching.module_cost`), and
+its zoo model
 run on a fixed generated scene. Then the three insertion patterns with runnable code.
 
 Zoo models come from :func:`ui.cached_model` (``st.cache_resource`` keyed by ``(name, weights,

@@ -96,10 +96,10 @@ def wrap_module(
 ):
     """A directly built model as an ``attnviz.LoadedModel`` without classes (attention only, no
     Grad-CAM): resize + centre crop to ``size``, normalised with ``mean``/``std``, CPU, random."""
-    from attnviz.capture.taps import find_taps
     from torchvision import transforms as T
 
     import attnviz
+    from attnviz.capture.taps import find_taps
 
     spec = attnviz.ModelSpec(
         name=name or type(module).__name__,

@@ -25,6 +25,7 @@ import attnviz
 from attnviz.backends import MODEL_GROUPS
 from attnviz.backends.zoo import best_block
 from attnviz.core.scales import format_range
+from attnviz.views import deformable
 from attnviz.views.maps import attention_maps
 from attnviz.workflows.scenes import CLASSES
 
@@ -780,7 +781,7 @@ def test_deformable_detr_detections_and_decoder_queries_in_the_app() -> None:
     assert not at.exception, at.exception
     [query] = [t for t in markdown_texts(at) if t.startswith("**Query")]
     assert query.startswith(
-        f"**Query {attnviz.views.deformable.nearest_query(records[0], (100, 200), analysis.input_image.shape[:2])}**"
+        f"**Query {deformable.nearest_query(records[0], (100, 200), analysis.input_image.shape[:2])}**"
     )
 
 

@@ -79,7 +79,7 @@ def image_captions(block) -> list[str]:
 
 
 def fake_card(kind: str, accuracy: float, maps: list[tuple[str, float, float, float]]) -> dict:
-    """A card shaped like ``attnviz.workflows.zoo_training`` writes them; maps are (name, pointing, energy, area_share)."""
+    """A card as ``attnviz.workflows.zoo_training`` writes it; maps: (name, pointing, energy, area share)."""
     return {
         "name": zoo_name(kind),
         "kind": kind,

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from attnviz.capture.taps import find_taps
 from conftest import make_image, randomize_norms, wrap_module
 from PIL import Image
 from timm.layers.attention import Attention as TimmAttention
@@ -34,6 +33,7 @@ from torchvision.models.vision_transformer import VisionTransformer as TvViT
 
 import attnviz
 from attnviz.capture.hooks import Capture
+from attnviz.capture.taps import find_taps
 from attnviz.core.records import TokenAttention, WindowAttention
 
 close = torch.testing.assert_close

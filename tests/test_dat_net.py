@@ -12,11 +12,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from attnviz.capture.taps import find_taps
 from conftest import bilinear_zero_pad, randomize_norms
 
 from attnviz.backends import load_checkpoint
 from attnviz.capture.hooks import Capture
+from attnviz.capture.taps import find_taps
 from attnviz.layers import DAttention
 from attnviz.layers.dat_tiny import (
     DAT,

@@ -1,4 +1,5 @@
-"""Transformer views (attnviz.views.transformer) against hand-computed numbers and independent recomputations."""
+"""Transformer views (attnviz.views.transformer) against hand-computed numbers and independent
+recomputations."""
 
 from __future__ import annotations
 

@@ -300,14 +300,15 @@ def _load(
                 folder = Path(snapshot_download(HUB_REPO, allow_patterns=["*.json", "*.safetensors"]))
             except (OSError, ValueError, RuntimeError) as err:
                 raise missing_weights_error(
-                    missing=f"Pretrained weights for {entry.name} ({HUB_REPO}) are not cached and could not be "
-                    f"downloaded ({type(err).__name__})",
+                    missing=f"Pretrained weights for {entry.name} ({HUB_REPO}) are not cached and could "
+                    f"not be downloaded ({type(err).__name__})",
                     how=f"download the Hugging Face repo {HUB_REPO} on a connected machine (`hf download "
                     f"{HUB_REPO}`) and copy the cache ({hf_cache_dir()})",
-                    alternatives="or pass weights=<the snapshot folder with config.json and model.safetensors>, "
-                    "or use weights='random'",
-                    summary=f"The pretrained weights of {entry.name} are not on this machine and could not be "
-                    "downloaded: copy them in from a connected machine (the Models page shows where they go).",
+                    alternatives="or pass weights=<the snapshot folder with config.json and "
+                    "model.safetensors>, or use weights='random'",
+                    summary=f"The pretrained weights of {entry.name} are not on this machine and could "
+                    "not be downloaded: copy them in from a connected machine (the Models page shows "
+                    "where they go).",
                     filename=where.filename,
                     path=where.path,
                     cause=err,

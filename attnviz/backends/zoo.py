@@ -145,8 +145,10 @@ class ZooBackend(Backend):
     def missing_weights(self, entry: Entry, where: WeightsLocation, cause: BaseException):
         kind = entry.name.removeprefix("zoo_")
         return missing_weights_error(
-            missing=f"The zoo weights of {entry.name} ({where.filename}) are missing from {where.path.parent}",
-            how=f"restore {where.path} from the repository, or retrain: `python -m attnviz zoo train --kind {kind}`",
+            missing=f"The zoo weights of {entry.name} ({where.filename}) are missing from "
+            f"{where.path.parent}",
+            how=f"restore {where.path} from the repository, or retrain: "
+            f"`python -m attnviz zoo train --kind {kind}`",
             summary=f"The trained weights of {entry.name} are missing from this copy of attnviz: restore "
             f"assets/zoo/{where.filename} from the repository, or retrain them with "
             f"`python -m attnviz zoo train --kind {kind}`.",

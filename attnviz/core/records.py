@@ -616,7 +616,8 @@ def compact(analysis: Analysis) -> Analysis:
 
     Token and window attention (the bulk of a transformer's result: ~21 MB for ViT-B/16 at 224 px)
     and sampling-point weights halve; gates, maps, sampling positions and Grad-CAM stay as they
-    are. Every view (:mod:`attnviz.views.transformer`, :mod:`attnviz.views.maps`, the record methods) computes in
+    are. Every view (:mod:`attnviz.views.transformer`, :mod:`attnviz.views.maps`, the record methods)
+    computes in
     float32 or float64, so a compact result shows the same maps within about 1e-3 of the full one.
     Compact results are what the app keeps per session. Idempotent.
     """

@@ -466,7 +466,8 @@ def _short(layer: str) -> str:
 
 
 def _transformer_views(analysis: Analysis, add, paint: _Painter) -> dict[str, Any] | None:
-    """The transformer views of an analysis with self-attention (attnviz.views.transformer): the layer x head grid,
+    """The transformer views of an analysis with self-attention (attnviz.views.transformer): the
+    layer x head grid,
     attention rollout (when every block keeps the same tokens), head distance and entropy, and the
     attention to prefix tokens; their files and their numbers for ``summary.json``."""
     grid = transformer.head_grid(analysis)

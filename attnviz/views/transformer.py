@@ -1,6 +1,7 @@
 """Transformer views over captured self-attention: head grids, query maps, rollout, head statistics.
 
-Pure numpy over :class:`~attnviz.core.records.TokenAttention` and :class:`~attnviz.core.records.WindowAttention`
+Pure numpy over :class:`~attnviz.core.records.TokenAttention` and
+:class:`~attnviz.core.records.WindowAttention`
 records; nothing here needs torch. The reductions follow:
 
 * Dosovitskiy et al., "An Image is Worth 16x16 Words" (https://arxiv.org/abs/2010.11929): the
