@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnviz.core.records import Analysis, Record, TokenAttention, WindowAttention
+from attnviz.views.statistics import entropy
 
 __all__ = [
     "HeadGrid",
@@ -97,13 +98,6 @@ def _centres(index: np.ndarray, grid: tuple[int, int], stride: tuple[float, floa
     """``[..., 2]`` (y, x) pixel centres of row-major grid indices (any shape; -1 gives junk)."""
     rows, cols = np.divmod(index, grid[1])
     return np.stack([(rows + 0.5) * stride[0] - 0.5, (cols + 0.5) * stride[1] - 0.5], axis=-1)
-
-
-def _entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Shannon entropy in nats along ``axis`` with ``0 log 0 = 0``."""
-    p = np.asarray(p, dtype=np.float64)
-    logp = np.log(np.where(p > 0, p, 1.0))
-    return -(p * logp).sum(axis=axis)
 
 
 def self_attention_records(analysis_or_records: Analysis | Iterable[Record]) -> tuple[SelfAttention, ...]:
@@ -471,7 +465,7 @@ def _token_stats(record: TokenAttention) -> tuple[np.ndarray, np.ndarray, float]
     mass = grid.sum(axis=-1)  # [heads, n]
     weighted = np.einsum("hqk,qk->hq", grid, dist)
     distance = _masked_mean(weighted, mass, np.ones(mass.shape[-1], dtype=bool))
-    entropy = _entropy(rows).mean(axis=-1)
+    entropy = entropy(rows).mean(axis=-1)
     return distance, entropy, float(np.log(record.values.shape[-1]))
 
 
@@ -498,7 +492,7 @@ def _window_stats(record: WindowAttention) -> tuple[np.ndarray, np.ndarray, floa
     weighted = np.einsum("whqk,wqk->whq", on_grid, dist)
     # move heads first: [heads, W, Lq]
     distance = _masked_mean(weighted.transpose(1, 0, 2), mass.transpose(1, 0, 2), qv)
-    ent = _entropy(values)  # [W, heads, Lq]
+    ent = entropy(values)  # [W, heads, Lq]
     entropy = (ent * qv[:, None, :]).sum(axis=(0, 2)) / max(int(qv.sum()), 1)
     return distance, entropy, float(np.log(values.shape[-1]))
 
