@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnviz.core.records import Analysis, Record, TokenAttention, WindowAttention
-from attnviz.views.statistics import entropy
+from attnviz.views import statistics
 
 __all__ = [
     "HeadGrid",
@@ -465,7 +465,7 @@ def _token_stats(record: TokenAttention) -> tuple[np.ndarray, np.ndarray, float]
     mass = grid.sum(axis=-1)  # [heads, n]
     weighted = np.einsum("hqk,qk->hq", grid, dist)
     distance = _masked_mean(weighted, mass, np.ones(mass.shape[-1], dtype=bool))
-    entropy = entropy(rows).mean(axis=-1)
+    entropy = statistics.entropy(rows).mean(axis=-1)
     return distance, entropy, float(np.log(record.values.shape[-1]))
 
 
@@ -492,7 +492,7 @@ def _window_stats(record: WindowAttention) -> tuple[np.ndarray, np.ndarray, floa
     weighted = np.einsum("whqk,wqk->whq", on_grid, dist)
     # move heads first: [heads, W, Lq]
     distance = _masked_mean(weighted.transpose(1, 0, 2), mass.transpose(1, 0, 2), qv)
-    ent = entropy(values)  # [W, heads, Lq]
+    ent = statistics.entropy(values)  # [W, heads, Lq]
     entropy = (ent * qv[:, None, :]).sum(axis=(0, 2)) / max(int(qv.sum()), 1)
     return distance, entropy, float(np.log(values.shape[-1]))
 
