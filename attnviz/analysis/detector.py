@@ -101,7 +101,9 @@ def _sampling_record(
                 f"{layer}: {q} encoder queries but the levels {shapes.tolist()} hold {len(own_level)}"
             )
         query_points = ref_pix[np.arange(q), own_level]
-        dtype = np.float16  # ~18k queries at 800 px: half the memory; 0.5 px steps below 1024 px
+        dtype: type[np.floating] = (
+            np.float16
+        )  # ~18k queries at 800 px: half the memory; 0.5 px steps below 1024 px
     else:
         query_points = ref_pix[:, 0]
         dtype = np.float32
@@ -256,7 +258,8 @@ def _run(bundle: DetrBundle, images: Sequence, threshold: float, top: int) -> li
     shown = display_images(pixel_values, bundle.mean, bundle.std)
     valid_ratios = captured.pop("model.encoder")["valid_ratios"].numpy()  # [B, L, 2] (w, h)
     logits, boxes = outputs.logits.cpu(), outputs.pred_boxes.cpu()
-    head = f"class_embed.{len(bundle.module.class_embed) - 1}"
+    heads: Any = bundle.module.class_embed  # one classifier per decoder layer; the last one predicts
+    head = f"class_embed.{len(heads) - 1}"
 
     results = []
     for i, (h, w) in enumerate(valid):

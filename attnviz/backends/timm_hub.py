@@ -4,6 +4,7 @@ HaloNet); weights from the Hugging Face hub's cache, where timm keeps them."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from attnviz.backends.base import (
     Backend,
@@ -113,7 +114,7 @@ class TimmBackend(Backend):
         import timm
         from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
-        kwargs: dict[str, object] = dict(entry.build_kwargs)
+        kwargs: dict[str, Any] = dict(entry.build_kwargs)
         if pretrained_file is not None:
             kwargs |= {"pretrained": True, "pretrained_cfg_overlay": {"file": str(pretrained_file)}}
         module = timm.create_model(entry.name, **kwargs)
@@ -121,7 +122,7 @@ class TimmBackend(Backend):
         cfg = resolve_data_config(overrides, model=module)
         info = ImageNetInfo()
         # Self-supervised backbones (DINO) have no classifier: no classes, no predictions.
-        n_classes = module.num_classes if entry.gradcam_layer else 0
+        n_classes = int(getattr(module, "num_classes", 0)) if entry.gradcam_layer else 0
         categories = tuple(info.index_to_description(i) for i in range(n_classes))
         return Built(module, create_transform(**cfg), tuple(cfg["mean"]), tuple(cfg["std"]), categories)
 

@@ -129,7 +129,9 @@ def cached_pretrained_dir(cache_dir: str | os.PathLike | None = None) -> Path | 
     """
     from huggingface_hub import try_to_load_from_cache
 
-    hit = try_to_load_from_cache(HUB_REPO, "config.json", cache_dir=cache_dir)
+    hit = try_to_load_from_cache(
+        HUB_REPO, "config.json", cache_dir=None if cache_dir is None else str(cache_dir)
+    )
     if not isinstance(hit, str) or not os.path.isfile(hit):
         return None
     folder = Path(hit).parent
@@ -182,7 +184,7 @@ def _load_pretrained(folder: Path):
     try:
         config = DeformableDetrConfig.from_pretrained(str(folder), local_files_only=True)
         backbone = getattr(config, "backbone_config", None)
-        if getattr(backbone, "use_pretrained_backbone", False):
+        if backbone is not None and getattr(backbone, "use_pretrained_backbone", False):
             backbone.use_pretrained_backbone = False  # the checkpoint holds the backbone weights
         return DeformableDetrForObjectDetection.from_pretrained(
             str(folder), config=config, attn_implementation="eager", local_files_only=True

@@ -15,6 +15,7 @@ import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,7 +82,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if p.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(p), device="cpu")
+            state: Any = load_file(str(p), device="cpu")
         else:
             state = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as err:  # the loaders raise many types for hostile or broken files

@@ -8,6 +8,8 @@ those call arguments (see :mod:`attnviz.analysis.detector` for the pixel convent
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -33,26 +35,19 @@ def detr_taps(model: nn.Module) -> list[Tap]:
         DeformableDetrMultiscaleDeformableAttention,
     )
 
-    sampling = {"record": "sampling", "read": _same}
-    encoder = model.model.encoder
+    detr: Any = model.model  # DeformableDetrModel: its encoder and decoder stacks
     taps: list[Tap] = [
-        Tap(
-            "model.encoder",
-            encoder,
-            "detr_valid_ratios",
-            **sampling,
-            part="valid_ratios",
-            read_input="valid_ratios",
-        )
-    ]
+        Tap("model.encoder", detr.encoder, "detr_valid_ratios", "sampling", _same, part="valid_ratios",
+            read_input="valid_ratios"),
+    ]  # fmt: skip
     for stack, kind in (("encoder", "detr_encoder"), ("decoder", "detr_decoder")):
-        for name, module in getattr(model.model, stack).named_modules(prefix=f"model.{stack}"):
+        for name, module in getattr(detr, stack).named_modules(prefix=f"model.{stack}"):
             if not isinstance(module, DeformableDetrMultiscaleDeformableAttention):
                 continue
             taps += [
-                Tap(name, module.attn, kind, **sampling, part="points", read_input=4),
-                Tap(name, module, kind, **sampling, part="attn", output_index=1),
-                Tap(name, module, kind, **sampling, part="reference", read_input="reference_points"),
-                Tap(name, module, kind, **sampling, part="levels", read_input="spatial_shapes"),
+                Tap(name, module.attn, kind, "sampling", _same, part="points", read_input=4),
+                Tap(name, module, kind, "sampling", _same, part="attn", output_index=1),
+                Tap(name, module, kind, "sampling", _same, part="reference", read_input="reference_points"),
+                Tap(name, module, kind, "sampling", _same, part="levels", read_input="spatial_shapes"),
             ]
     return taps

@@ -204,8 +204,10 @@ class Capture:
                 value = args[key] if key < len(args) else None
             elif key in kwargs:
                 value = kwargs[key]
+            elif isinstance(key, str) and signature is not None:
+                value = signature.bind_partial(*args, **kwargs).arguments.get(key)
             else:
-                value = signature.bind_partial(*args, **kwargs).arguments.get(key)  # type: ignore[union-attr]
+                value = None
             if value is None:
                 return
             if not isinstance(value, torch.Tensor):

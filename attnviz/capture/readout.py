@@ -33,7 +33,9 @@ def _to_image_pixels(coord: np.ndarray, grid: tuple[int, int], input_hw: tuple[i
     return (coord + 0.5) * stride - 0.5
 
 
-def _dat_points(parts: dict, grid: tuple[int, int], input_hw: tuple[int, int]) -> tuple[np.ndarray, ...]:
+def _dat_points(
+    parts: dict, grid: tuple[int, int], input_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """DAT: normalised (y, x) in [-1, 1] (align_corners=True) [G, Hk, Wk, 2] -> pixels [1, G, P, 2]."""
     scale = np.array([grid[0] - 1, grid[1] - 1], dtype=np.float32)
     out = []
@@ -51,7 +53,7 @@ def _dat_points(parts: dict, grid: tuple[int, int], input_hw: tuple[int, int]) -
 
 def _deform_points(
     parts: dict, meta: ConvGeometry, grid: tuple[int, int], input_hw: tuple[int, int]
-) -> tuple[np.ndarray, ...]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Deformable conv offsets [2*G*K, Ho, Wo], (dy, dx) per kernel point -> pixels [Q, G, K, 2]."""
     offsets = parts[("sampling", "offsets")][1]
     kh, kw = meta.kernel_size
@@ -108,8 +110,8 @@ def _halo_indices(meta: HaloWindows, grid: tuple[int, int]) -> tuple[np.ndarray,
     bq = bs // stride
     nh, nw = h // bs, w // bs
     hq, wq = h // stride, w // stride
-    by, bx = np.meshgrid(np.arange(nh), np.arange(nw), indexing="ij")
-    by, bx = by.reshape(-1, 1, 1), bx.reshape(-1, 1, 1)
+    rows, cols = np.meshgrid(np.arange(nh), np.arange(nw), indexing="ij")
+    by, bx = rows.reshape(-1, 1, 1), cols.reshape(-1, 1, 1)
     ly, lx = np.meshgrid(np.arange(bq), np.arange(bq), indexing="ij")
     query = ((by * bq + ly) * wq + (bx * bq + lx)).reshape(nh * nw, -1)
     ky, kx = np.meshgrid(np.arange(win), np.arange(win), indexing="ij")

@@ -146,7 +146,7 @@ def _own(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
         yield Tap(name, m.gate_w, "ca", "axis", lambda out: out[:, :, 0], part="w")
     elif isinstance(m, own.GlobalContext):
         yield Tap(name, m.context_softmax, "gc_context", "spatial", lambda out: out[:, 0])
-        if m.mlp_scale is not None:
+        if m.mlp_scale is not None and m.gate is not None:
             yield Tap(name, m.gate, "gc_scale", "channel", _flat)
         if m.mlp_add is not None:
             yield Tap(name, m.mlp_add, "gc_add", "channel", _flat)
@@ -167,7 +167,7 @@ def _own(name: str, m: nn.Module, ctx: _Context) -> Iterator[Tap]:
         yield Tap(
             name, m.offsets, "deform_conv", "sampling", lambda out: out, part="offsets", grid_of=m, meta=meta
         )
-        if getattr(m, "mask_gate", None) is not None:
+        if m.mask_gate is not None:
             yield Tap(name, m.mask_gate, "deform_conv", "sampling", lambda out: out, part="mask", meta=meta)
 
 

@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 
 
 class HasSize(Protocol):
-    size: int
+    """A batch's result: how many images it holds."""
+
+    @property
+    def size(self) -> int: ...
 
 
 _Item = TypeVar("_Item")
@@ -81,8 +84,11 @@ def _fallback_note(total: int, sizes: list[int]) -> str:
 class Runner(Protocol):
     """What the memory fallback names in its messages: a LoadedModel or a DetrBundle."""
 
-    name: str
-    device: torch.device
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def device(self) -> torch.device: ...
 
 
 def run_in_batches(
