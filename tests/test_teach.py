@@ -1,18 +1,23 @@
-"""attnviz.workflows.teaching: the module guide, parameter and FLOP counts, and the insertion snippets."""
+"""attnviz.workflows.teaching: the module guide and its data files, parameter and FLOP counts, and the
+insertion snippets."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from attnviz.layers import ATTENTION_REGISTRY, create_attention
 from attnviz.layers.zoo_net import ZOO_KINDS, zoo_name
 from attnviz.workflows import teaching
 from attnviz.workflows.teaching import INSERTION_PATTERNS, MODULE_GUIDE, analytic_flop_ops, module_cost
+from attnviz.workflows.teaching.loader import DATA_DIR, load_insertion_patterns, load_module_guides
 
 _NODE = re.compile(r"^\s*(\w+) \[", re.MULTILINE)
 _EDGE = re.compile(r"^\s*(\w+) -> (\w+)", re.MULTILINE)
@@ -99,7 +104,7 @@ def test_dat_counts_both_of_its_grid_samples() -> None:
 
 
 def test_torch_formulas_win_over_ours(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(teaching.flop_registry, torch.ops.aten.grid_sampler_2d, lambda *a, **k: 0)
+    monkeypatch.setitem(flop_registry, torch.ops.aten.grid_sampler_2d, lambda *a, **k: 0)
     assert torch.ops.aten.grid_sampler_2d not in analytic_flop_ops()
     assert torch.ops.torchvision.deform_conv2d in analytic_flop_ops()
 
@@ -161,3 +166,130 @@ def test_insertion_snippets_run(pattern: teaching.InsertionPattern, capsys: pyte
     else:
         assert namespace["logits"].shape == (2, 10)
         assert len(namespace["model"][1].blocks) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Data files
+# --------------------------------------------------------------------------------------------------
+
+
+def test_every_data_file_loads() -> None:
+    guide_files = sorted((DATA_DIR / "guides").glob("*.toml"))
+    assert sorted(path.stem for path in guide_files) == sorted(ATTENTION_REGISTRY)  # no stray file
+    for path in [*guide_files, DATA_DIR / "diagrams.toml", DATA_DIR / "insertion_patterns.toml"]:
+        with path.open("rb") as file:
+            assert tomllib.load(file), path
+    assert load_module_guides() == MODULE_GUIDE
+    assert load_insertion_patterns() == INSERTION_PATTERNS
+    assert load_module_guides() is not load_module_guides()  # a new dict: a caller cannot spoil the cache
+
+
+def test_text_is_unwrapped_and_diagrams_are_expanded() -> None:
+    for guide in MODULE_GUIDE.values():
+        for text in (guide.formula, guide.what_it_computes, guide.what_the_map_means):
+            assert "\n" not in text and "  " not in text and text == text.strip()
+        lines = guide.data_flow.splitlines()
+        assert lines[1].startswith("  graph [rankdir=LR") and "class=" not in guide.data_flow
+    se = MODULE_GUIDE["se"]
+    # the formula's two lines, joined with a space
+    assert se.formula == r"\mathbf{s} = \sigma\big(W_2\,\delta(W_1\,\mathrm{GAP}(X))\big) \in (0,1)^{C}," + (
+        r" \qquad Y_c = s_c\,X_c"
+    )
+    assert se.what_it_computes.startswith(
+        "Global average pooling squeezes each channel to one number; a bottleneck"
+    )
+    dot = se.data_flow.splitlines()
+    assert (
+        '  x [shape=box, style="rounded", color="#888888", fillcolor="white", label="X\\n[C, H, W]"];' in dot
+    )
+    assert (
+        '  m [shape=circle, style="filled", fillcolor="#f4f4f4", width=0.3, fixedsize=true, label="×"];'
+        in dot
+    )
+    serial = INSERTION_PATTERNS[0]
+    assert serial.code.startswith("import torch\n") and serial.code.endswith("# [2, 10]\n")
+
+
+def _data_copy(tmp_path: Path) -> Path:
+    """A copy of the teaching data files that a test may break."""
+    copy = tmp_path / "teaching"
+    shutil.copytree(DATA_DIR, copy, ignore=shutil.ignore_patterns("*.py", "__pycache__", "*.md"))
+    return copy
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+_SE = "guides/se.toml"
+_PATTERNS = "insertion_patterns.toml"
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "match"),
+    [
+        (_SE, "paper.year = 2018\n", "", r"se\.toml: missing key 'paper\.year'"),
+        (_SE, 'short = "SE"\n', "", r"se\.toml: missing key 'short'"),
+        (_SE, 'short = "SE"', 'short = "SE"\nnote = "x"', r"se\.toml: unknown key 'note'"),
+        (_SE, "paper.year = 2018", 'paper.year = "2018"', r"se\.toml: key 'paper\.year' must be an integer"),
+        (_SE, 'short = "SE"', 'short = " "', r"se\.toml: key 'short' must be a non-empty string"),
+        (_SE, 'kind = "se"', 'kind = "eca"', r"se\.toml: key 'kind' is 'eca' but the file is named se\.toml"),
+        (
+            _SE,
+            "gate [class=tap,",
+            "gate [class=tapp,",
+            r"se\.toml: key 'data_flow' uses the unknown node class 'tapp'",
+        ),
+        (_SE, "digraph se {", "digraph squeeze {", r"se\.toml: key 'data_flow' must be 'digraph se \{"),
+        (_SE, 'short = "SE"', "short = 'SE", r"se\.toml: not valid TOML"),
+        (
+            "diagrams.toml",
+            "tap = 'shape",
+            "tip = 'shape",
+            r"guides/ca\.toml: key 'data_flow' uses the unknown node class 'tap'",  # the first guide
+        ),
+        ("diagrams.toml", "header = '''", "heading = '''", r"diagrams\.toml: missing key 'header'"),
+        (_PATTERNS, 'key = "parallel"\n', "", r"insertion_patterns\.toml: missing key 'patterns\[1\]\.key'"),
+        (
+            _PATTERNS,
+            'key = "core"',
+            'key = "serial"',
+            r"insertion_patterns\.toml: key 'patterns\[2\]\.key' repeats",
+        ),
+        (_PATTERNS, "[[patterns]]", "[patterns]", r"insertion_patterns\.toml: not valid TOML"),
+    ],
+)
+def test_a_broken_data_file_names_the_file_and_the_key(
+    tmp_path: Path, file: str, old: str, new: str, match: str
+) -> None:
+    data = _data_copy(tmp_path)
+    _edit(data / file, old, new)
+    load = load_insertion_patterns if file == _PATTERNS else load_module_guides
+    with pytest.raises(ValueError, match=match):
+        load(data)
+
+
+def test_an_unknown_module_kind_names_the_file_and_the_key(tmp_path: Path) -> None:
+    data = _data_copy(tmp_path)
+    text = (data / _SE).read_text(encoding="utf-8").replace('kind = "se"', 'kind = "sse"')
+    (data / "guides" / "sse.toml").write_text(text, encoding="utf-8")
+    with pytest.raises(
+        ValueError, match=r"sse\.toml: key 'kind' is the unknown module kind 'sse'; known kinds: se, eca"
+    ):
+        load_module_guides(data)
+
+
+def test_a_missing_data_file_is_named(tmp_path: Path) -> None:
+    data = _data_copy(tmp_path)
+    (data / _PATTERNS).unlink()
+    with pytest.raises(ValueError, match=r"insertion_patterns\.toml: the teaching data file is missing"):
+        load_insertion_patterns(data)
+    (data / "diagrams.toml").unlink()
+    with pytest.raises(ValueError, match=r"diagrams\.toml: the teaching data file is missing"):
+        load_module_guides(data)
+    shutil.copy(DATA_DIR / "diagrams.toml", data / "diagrams.toml")
+    shutil.rmtree(data / "guides")
+    with pytest.raises(ValueError, match=r"guides: no guide files"):
+        load_module_guides(data)
