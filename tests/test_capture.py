@@ -80,7 +80,9 @@ def _conv1x1(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return out + conv.bias if conv.bias is not None else out
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf"])
+@pytest.mark.parametrize(
+    "name", [s.name for s in attnviz.list_models() if s.source == "torchvision" and "se" in s.attention]
+)
 def test_torchvision_se_gate(name, images):
     model = _model(name)
     results = attnviz.analyze(model, images, gradcam=False)

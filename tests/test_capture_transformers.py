@@ -206,6 +206,14 @@ def _record_layer(model: nn.Module, name: str) -> str:
     return f"{name}.attn" if isinstance(model.get_submodule(name), TimmSwinBlock) else name
 
 
+def test_the_expectations_cover_every_token_transformer_in_the_registry():
+    """A transformer added to the registry must get its row above (DAT-T has its own tests)."""
+    transformers = {
+        s.name for s in attnviz.list_models() if s.group == "transformer" and s.source != "official"
+    }
+    assert set(REGISTRY) == transformers
+
+
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_registry_model_rows_prefixes_grids_and_predictions(name, runs):
     run = runs(name)

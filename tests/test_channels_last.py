@@ -11,10 +11,13 @@ from conftest import make_image
 
 import attnviz
 
-FAST = ["zoo_se", "zoo_eca", "zoo_cbam", "zoo_ca", "zoo_gc", "zoo_sk", "zoo_nonlocal", "zoo_mhsa", "zoo_dat",
-        "zoo_deform"]  # fmt: skip
-SLOW = ["mobilenet_v3_large", "skresnet18", "resnest14d", "gcresnext26ts", "ecaresnet26t", "botnet26t_256",
-        "halonet26t", "dat_tiny"]  # fmt: skip
+# Every model with attention and a channels-first layout, from the registry: the zoo's (small,
+# trained) run in the quick loop, the ImageNet ones (random weights) are slow.
+_NCHW = [
+    s for s in attnviz.list_models() if s.attention and s.gradcam_layout == "nchw" and s.group != "detector"
+]
+FAST = [s.name for s in _NCHW if s.group == "zoo"]
+SLOW = [s.name for s in _NCHW if s.group != "zoo"]
 
 
 def pair(name: str) -> tuple[attnviz.LoadedModel, attnviz.LoadedModel]:

@@ -9,9 +9,8 @@ import pkgutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 import attnviz
 

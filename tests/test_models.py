@@ -136,35 +136,53 @@ def test_pretrained_offline_names_the_missing_file(offline, name):
     assert spec.weights_file in details and str(offline) in details and "OSError" in details
 
 
-GROUPS = {
-    "zoo": {f"zoo_{k}" for k in ZOO_KINDS},
-    "cnn": {"mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf", "seresnet50", "ecaresnet26t",
-            "skresnet18", "resnest14d", "gcresnext26ts", "resnet50"},
-    "transformer": {"deit_tiny_patch16_224", "deit_small_patch16_224", "deit_tiny_distilled_patch16_224",
-                    "vit_small_patch16_224.dino", "vit_small_patch14_reg4_dinov2",
-                    "swin_tiny_patch4_window7_224", "botnet26t_256", "halonet26t", "vit_b_16", "swin_t",
-                    "dat_tiny"},
-    "detector": {"deformable_detr"},
-}  # fmt: skip
+#: Record kinds that make a model a transformer (self-attention among tokens or windows).
+TRANSFORMER_KINDS = {"vit", "swin", "bot", "halo", "dat", "dat_window"}
+
+
+def test_the_registry_lists_every_backend_s_models_once(offline):
+    from attnviz.backends.registry import backends
+
+    listed = [s.name for s in attnviz.list_models()]
+    declared = [(b.source, e.name) for b in backends() for e in b.entries()]
+    assert sorted(listed) == sorted(name for _, name in declared) and len(set(listed)) == len(listed)
+    assert {b.source for b in backends()} == {"attnviz", "torchvision", "timm", "official", "transformers"}
+    assert {s.name: s.source for s in attnviz.list_models()} == {n: src for src, n in declared}
+    assert {f"zoo_{k}" for k in ZOO_KINDS} == {n for src, n in declared if src == "attnviz"}
 
 
 def test_models_are_grouped_and_say_what_they_were_trained_on(offline):
     specs = attnviz.list_models()
     assert list(models.MODEL_GROUPS) == ["zoo", "cnn", "transformer", "detector"]
-    assert {g: {s.name for s in specs if s.group == g} for g in models.MODEL_GROUPS} == GROUPS
+    # the groups follow from what each model is, never from a hand-kept list
+    for s in specs:
+        if s.source == "attnviz":
+            expected = "zoo"
+        elif not s.gradcam_layer and s.source == "transformers":
+            expected = "detector"
+        elif TRANSFORMER_KINDS & set(s.attention):
+            expected = "transformer"
+        else:
+            expected = "cnn"
+        assert s.group == expected, s.name
+    groups = [s.group for s in specs]
+    assert groups == [*sorted(groups[:-1], key=list(models.MODEL_GROUPS).index), "cnn"]  # picker order
+    assert specs[-1].name == "resnet50" and not specs[-1].attention  # the baseline last
+    assert all(g in groups for g in models.MODEL_GROUPS)
+    zoo = {s.name for s in specs if s.group == "zoo"}
     trained_on = {s.name: s.trained_on for s in specs}
-    assert {n for n, t in trained_on.items() if t == "generated shapes"} == GROUPS["zoo"]
+    assert {n for n, t in trained_on.items() if t == "generated shapes"} == zoo
     assert trained_on["deformable_detr"] == "COCO" and trained_on["seresnet50"] == "ImageNet-1k"
     assert "self-supervised" in trained_on["vit_small_patch16_224.dino"]
     assert all(s.description for s in specs)
     # a hub can give the weights of every model but the zoo (shipped) and DAT-T (its authors' release)
-    assert {s.name for s in specs if not s.from_hub} == GROUPS["zoo"] | {"dat_tiny"}
+    assert {s.name for s in specs if not s.from_hub} == zoo | {"dat_tiny"}
 
 
 def test_default_weights_are_the_zoo_s_own_and_cached_pretrained_else_random(offline):
     # offline, with empty caches: only the zoo has weights
     defaults = {s.name: models.default_weights(s) for s in attnviz.list_models()}
-    assert {n for n, w in defaults.items() if w == "pretrained"} == GROUPS["zoo"]
+    assert {n for n, w in defaults.items() if w == "pretrained"} == {f"zoo_{k}" for k in ZOO_KINDS}
     assert set(defaults.values()) == {"pretrained", "random"}
     cached = dataclasses.replace(attnviz.get_spec("resnet50"), pretrained_available=True)
     assert models.default_weights(cached) == "pretrained"
