@@ -13,7 +13,6 @@ import pytest
 from hostile_corpus import bilevel_png, encode, noise
 from PIL import Image, ImageFile
 
-from attnviz.core.errors import AttnvizError
 from attnviz.io import images
 from attnviz.io.images import (
     ALLOWED_EXTENSIONS,
@@ -425,11 +424,6 @@ def test_bytearray_and_memoryview_sources() -> None:
     data = encode(Image.new("RGB", (1, 1), (5, 6, 7)), "PNG")
     assert pixel(load_image(bytearray(data)), 0, 0) == (5, 6, 7)
     assert pixel(load_image(memoryview(data)), 0, 0) == (5, 6, 7)
-
-
-def test_error_hierarchy() -> None:
-    assert issubclass(ImageLoadError, ValueError)
-    assert issubclass(ImageLoadError, AttnvizError)
 
 
 def test_constants_and_describe() -> None:

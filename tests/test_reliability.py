@@ -21,7 +21,9 @@ from conftest import make_image, randomize_norms
 from PIL import Image
 
 import attnviz
+from attnviz.cli import main
 from attnviz.core.errors import GPUMemoryError
+from attnviz.workflows import pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -249,10 +251,27 @@ def flaky(monkeypatch: pytest.MonkeyPatch, model: attnviz.LoadedModel, fails) ->
     return fake
 
 
-def test_out_of_memory_error_exists_without_cuda() -> None:
-    assert issubclass(torch.cuda.OutOfMemoryError, RuntimeError)
-    assert issubclass(GPUMemoryError, attnviz.AttnvizError)
-    assert issubclass(GPUMemoryError, RuntimeError)
+def test_a_gpu_memory_failure_is_one_error_line_from_the_cli(
+    cbam: attnviz.LoadedModel,
+    pictures: list[Image.Image],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Out of memory even for one image: the CLI prints the library's message, no traceback."""
+    flaky(monkeypatch, cbam, lambda size, grad: True)
+    monkeypatch.setattr(pipeline, "load_model", lambda *args, **kwargs: cbam)
+    image = tmp_path / "in.png"
+    pictures[0].save(image)
+    rc = main(
+        ["analyze", str(image), "--model", "zoo_cbam", "--device", "cpu", "--out", str(tmp_path / "out")]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("attnviz: error:")] == [
+        "attnviz: error: zoo_cbam ran out of GPU memory even for one image on cpu: choose the CPU device or "
+        "a smaller model, or try again when the GPU is less busy."
+    ]
 
 
 def test_out_of_memory_in_the_forward_retries_in_smaller_batches(
