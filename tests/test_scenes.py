@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from attnviz.layers import zoo_net
+from attnviz.workflows.scene_shapes import SHAPE_CONTOURS, UNIT_SHAPES
 from attnviz.workflows.scenes import CLASSES, SceneParams, draw_box, make_dataset, make_scene
 
 
@@ -190,6 +192,13 @@ def test_classes_are_ten_distinct_shapes():
     for i in range(10):
         for j in range(i):
             assert (masks[i] != masks[j]).sum() > 30, (CLASSES[i], CLASSES[j])
+
+
+def test_shapes_are_listed_in_the_order_of_the_zoo_classes():
+    # label k of a scene is logit k of the zoo: the scenes draw zoo_net.CLASSES, shape by shape
+    assert CLASSES is zoo_net.CLASSES
+    assert tuple(SHAPE_CONTOURS) == zoo_net.CLASSES
+    assert len(UNIT_SHAPES) == len(zoo_net.CLASSES)
 
 
 def test_dataset_size_override_and_workers_give_the_same_arrays():

@@ -111,7 +111,8 @@ class DeformConv(nn.Module):
         convs = [self.offset_conv] if self.mask_conv is None else [self.offset_conv, self.mask_conv]
         for conv in convs:
             nn.init.zeros_(conv.weight)
-            nn.init.zeros_(conv.bias)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
 
     @property
     def modulated(self) -> bool:

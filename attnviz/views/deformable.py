@@ -22,9 +22,7 @@ __all__ = [
 ]
 
 
-def _frozen(values: np.ndarray | None) -> np.ndarray | None:
-    if values is None:
-        return None
+def _frozen(values: np.ndarray) -> np.ndarray:
     arr = np.ascontiguousarray(np.asarray(values, dtype=np.float32))
     arr.setflags(write=False)
     return arr

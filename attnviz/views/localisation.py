@@ -115,7 +115,7 @@ def _check_tolerance(tolerance: float) -> None:
 
 def _hit(up: np.ndarray, box: Box, tolerance: float) -> bool:
     y0, x0, y1, x1 = box
-    py, px = np.unravel_index(int(np.argmax(up)), up.shape)
+    py, px = (int(i) for i in np.unravel_index(int(np.argmax(up)), up.shape))
     dy = max(y0 - py, 0, py - (y1 - 1))  # distance to the nearest box pixel, 0 inside
     dx = max(x0 - px, 0, px - (x1 - 1))
     return bool(math.hypot(dy, dx) <= tolerance)
