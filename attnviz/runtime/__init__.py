@@ -7,6 +7,14 @@ the autocast precisions (:mod:`.batching`), and image coercion (:mod:`.images`).
 
 from attnviz.runtime.batching import AUTOCAST_DTYPES, run_in_batches
 from attnviz.runtime.device import resolve_device
-from attnviz.runtime.images import as_pil, display_images
+from attnviz.runtime.images import as_pil, as_rgb_array, as_rgb_image, display_images
 
-__all__ = ["AUTOCAST_DTYPES", "as_pil", "display_images", "resolve_device", "run_in_batches"]
+__all__ = [
+    "AUTOCAST_DTYPES",
+    "as_pil",
+    "as_rgb_array",
+    "as_rgb_image",
+    "display_images",
+    "resolve_device",
+    "run_in_batches",
+]
