@@ -21,6 +21,7 @@ import attnviz
 from attnviz import render
 from attnviz.core.records import Analysis, ChannelWeights, GradCAM, Prediction, SpatialMap
 from attnviz.io.export import export_files, validate_style, write_bundle, zip_bundle
+from attnviz.io.tables import channel_path_names, channel_weights_csv
 
 IMAGE_NAME = "photos/My Cat.jpg"
 SAFE_PART = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
@@ -254,6 +255,33 @@ def test_csv_rows_match_the_records(analyses: list[Analysis], bundle: dict[str, 
                 parsed = np.array(row[4:], dtype=np.float64)
                 np.testing.assert_array_equal(parsed, expected.astype(np.float64))
         assert len(rows) - 1 == count
+
+
+def test_the_csv_table_is_the_bundles_for_an_analysis_or_one_record() -> None:
+    a = _fake_analysis(values=np.array([0.25, 0.5, 1.0], dtype=np.float32))
+    sk = ChannelWeights("layer2.sk", "sk", np.array([[0.75, 0.5], [0.25, 0.5]]), 1, True, ("3x3", "5x5"))
+    unlabelled = ChannelWeights("layer3.sk", "sk", np.zeros((3, 1), dtype=np.float32), 2, True)
+    records = (*a.channel_weights, sk, unlabelled)
+    bundle = export_files([("x.png", a)])
+    assert channel_weights_csv(a.channel_weights) == bundle["x/skresnet18/channel_weights.csv"]
+    assert channel_weights_csv(sk) == channel_weights_csv([sk])
+    assert channel_weights_csv(records).decode("utf-8") == (
+        "block,layer,kind,path,c0,c1,c2\n"
+        "0,layer1.se,se,gate,0.25,0.5,1.0\n"
+        "1,layer2.sk,sk,3x3,0.75,0.5\n"
+        "1,layer2.sk,sk,5x5,0.25,0.5\n"
+        "2,layer3.sk,sk,path 0,0.0\n"
+        "2,layer3.sk,sk,path 1,0.0\n"
+        "2,layer3.sk,sk,path 2,0.0\n"
+    )
+    assert [channel_path_names(cw) for cw in records] == [
+        ["gate"],
+        ["3x3", "5x5"],
+        ["path 0", "path 1", "path 2"],
+    ]
+    assert channel_weights_csv([]) == b"block,layer,kind,path\n"
+    with pytest.raises(TypeError, match=r"records\[1\] must be a ChannelWeights record"):
+        channel_weights_csv([sk, a])
 
 
 @pytest.mark.slow

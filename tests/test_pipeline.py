@@ -27,10 +27,10 @@ from attnviz.workflows.pipeline import (
     MAX_BATCH_SIZE,
     THREAD_PREFIX,
     PipelineEvent,
-    _GpuSampler,
     analyze_to_folder,
     expand_image_paths,
 )
+from attnviz.workflows.pipeline_threads import GpuSampler
 
 MODELS = ["zoo_se", "zoo_cbam"]  # their weights ship in assets/zoo: no network
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -497,7 +497,7 @@ def test_gpu_sampler_averages_utilisation(monkeypatch: pytest.MonkeyPatch) -> No
             raise RuntimeError("no more samples") from None
 
     monkeypatch.setattr(torch.cuda, "utilization", utilization)
-    sampler = _GpuSampler(torch.device("cuda"))
+    sampler = GpuSampler(torch.device("cuda"))
     sampler.start()
     assert done.wait(_TIMEOUT_S)
     assert sampler.stop() == pytest.approx(70.0)  # the probe took 40; the thread sampled 60, 80
@@ -509,7 +509,7 @@ def test_gpu_sampler_is_none_without_pynvml_or_cuda(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(torch.cuda, "utilization", missing)
     for device in ("cuda", "cpu"):
-        sampler = _GpuSampler(torch.device(device))
+        sampler = GpuSampler(torch.device(device))
         sampler.start()
         assert sampler.stop() is None
     assert not _our_threads()

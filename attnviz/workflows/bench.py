@@ -20,12 +20,13 @@ and reported as ratios as well as milliseconds, so that figures from noisy machi
   for a folder of images in one batch, against a one-image-at-a-time loop.
 - **peak memory**: RSS high-water mark (reset per model where Linux allows) and CUDA max allocated.
 
-Load times are not measured; models are loaded before their timed runs.
+Load times are not measured; models are loaded before their timed runs. The report's records and
+its JSON and text forms are in :mod:`.bench_report` (re-exported here), the timers and memory
+probes in :mod:`.bench_measuring`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import gc
 import logging
@@ -34,9 +35,7 @@ import platform
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,6 +52,24 @@ from attnviz.io.samples import list_samples
 from attnviz.runtime import resolve_device
 from attnviz.views import deformable, transformer
 from attnviz.views.maps import attention_maps, record_map
+from attnviz.workflows.bench_measuring import (
+    cuda_peak_mib,
+    device_name,
+    interleaved_ms,
+    median_ms,
+    peak_rss_mib,
+    reset_cuda_peak,
+    reset_peak_rss,
+)
+from attnviz.workflows.bench_report import (
+    BatchThroughput,
+    BenchReport,
+    ComparisonRow,
+    MachineInfo,
+    ModelRow,
+    format_report,
+    report_to_json,
+)
 from attnviz.workflows.pipeline import DEFAULT_BATCH_SIZE, analyze_to_folder
 
 __all__ = [
@@ -85,183 +102,11 @@ SMALL_MODELS: tuple[str, ...] = ("zoo_cbam", "zoo_gc", "mobilenet_v3_large", "de
 
 DEFAULT_REPEATS, SMALL_REPEATS = 7, 2
 FULL_BATCH_IMAGES, SMALL_BATCH_IMAGES = 16, 4
-_WARMUP = 1
-
-
-@dataclass(frozen=True)
-class MachineInfo:
-    """Where and how the figures were measured."""
-
-    device: str
-    device_name: str
-    torch_version: str
-    cpu_count: int
-    torch_threads: int
-    python_version: str
-    date: str
-    repeats: int
-    small: bool
-    rss_reset: bool  # True: the RSS peak was reset before each model (else it is the process peak)
-
-
-@dataclass(frozen=True)
-class ModelRow:
-    """One model, one image.
-
-    ``bare_ms`` is the plain forward with the same attention path as the capture (unfused for
-    ViTs); ``fused_ms`` the ViT as loaded (fused attention), None for other models.
-    ``capture_ratio = capture_ms / bare_ms``; ``fused_ratio = capture_ms / fused_ms``.
-    ``channels_last_ms`` is the bare forward with NHWC weights and input (convolutional networks;
-    None for token models), ``channels_last_ratio = channels_last_ms / bare_ms`` (below 1: faster).
-    ``maps_ms`` is ``analyze(gradcam=False)`` + ``attention_maps``; ``gradcam_ms``
-    :func:`attnviz.add_gradcam` alone; ``gradcam_ratio = gradcam_ms / maps_ms`` (None for models
-    without a classifier).
-    """
-
-    model: str
-    weights: str
-    input_size: tuple[int, int]
-    bare_ms: float
-    fused_ms: float | None
-    capture_ms: float
-    capture_ratio: float
-    fused_ratio: float | None
-    channels_last_ms: float | None
-    channels_last_ratio: float | None
-    maps_ms: float
-    gradcam_ms: float | None
-    gradcam_ratio: float | None
-    peak_rss_mib: float
-    cuda_max_allocated_mib: float | None
-
-
-@dataclass(frozen=True)
-class ComparisonRow:
-    """The compare page for ``models`` and one image.
-
-    ``first_view_ms``: until everything the page shows before Grad-CAM is drawn;
-    ``gradcam_ms``: the Grad-CAM baselines added after it; ``total_ms`` both.
-    ``first_view_ratio = first_view_ms / sum_bare_ms``, ``ratio = total_ms / sum_bare_ms``.
-    ``stored_mib``: the compact results the page keeps for the session.
-    """
-
-    models: tuple[str, ...]
-    first_view_ms: float
-    gradcam_ms: float
-    total_ms: float
-    sum_bare_ms: float
-    first_view_ratio: float
-    ratio: float
-    stored_mib: float
-    peak_rss_mib: float
-    cuda_max_allocated_mib: float | None
-
-
-@dataclass(frozen=True)
-class BatchThroughput:
-    """The CLI's work (read, analyze with Grad-CAM, render and write the export) for a folder of
-    ``images`` image files through ``model``.
-
-    ``batched_img_s``: :func:`attnviz.workflows.pipeline.analyze_to_folder` (batches of ``batch_size``, the
-    next batch read and the previous one written while a batch runs), model loading excluded;
-    ``single_img_s``: the same work one image at a time with nothing overlapped;
-    ``speedup = batched_img_s / single_img_s``. ``gpu_utilization``: mean CUDA utilisation in %
-    during the pipelined run, where the driver reports it (None otherwise).
-    """
-
-    model: str
-    images: int
-    batch_size: int
-    batched_img_s: float
-    single_img_s: float
-    speedup: float
-    gpu_utilization: float | None
-
-
-@dataclass(frozen=True)
-class BenchReport:
-    """Everything :func:`run_bench` measured."""
-
-    machine: MachineInfo
-    models: tuple[ModelRow, ...]
-    comparison: ComparisonRow
-    batch: BatchThroughput
 
 
 # --------------------------------------------------------------------------------------------------
-# measuring
+# helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_ms(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = _WARMUP) -> float:
-    """Median wall time of ``fn()`` in ms over ``repeats`` runs after ``warmup`` runs."""
-    return _interleaved_ms({"fn": fn}, repeats, device, warmup)["fn"]
-
-
-def _interleaved_ms(
-    fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = _WARMUP
-) -> dict[str, float]:
-    """Median wall time in ms of each of ``fns``, run round-robin so that they share the machine's
-    load: a ratio of two medians then holds up on a busy machine, where absolute figures do not."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {key: [] for key in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[key].append((time.perf_counter() - start) * 1e3)
-    return {key: statistics.median(values) for key, values in times.items()}
-
-
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the RSS high-water mark (Linux ``clear_refs``); False where it cannot be reset."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mib() -> float:
-    kib = _proc_status_kib("VmHWM")
-    if kib is None:
-        import resource
-
-        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        if platform.system() == "Darwin":
-            kib //= 1024
-    return kib / 1024
-
-
-def _reset_cuda_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _cuda_peak_mib(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def _changes_path(model: LoadedModel) -> bool:
@@ -326,7 +171,7 @@ def _model_row(name: str, image: Image.Image, device: torch.device, repeats: int
         native = analyze(model, [image], gradcam=False)
         fns["gradcam"] = lambda: add_gradcam(model, native, [image])
     with model.lock:
-        ms = _interleaved_ms(fns, repeats, device)
+        ms = interleaved_ms(fns, repeats, device)
     del nhwc
     fused_ms, gradcam_ms, cl_ms = ms.get("fused"), ms.get("gradcam"), ms.get("channels_last")
     return ModelRow(
@@ -343,8 +188,8 @@ def _model_row(name: str, image: Image.Image, device: torch.device, repeats: int
         maps_ms=ms["maps"],
         gradcam_ms=gradcam_ms,
         gradcam_ratio=None if gradcam_ms is None else gradcam_ms / ms["maps"],
-        peak_rss_mib=_peak_rss_mib(),
-        cuda_max_allocated_mib=_cuda_peak_mib(device),
+        peak_rss_mib=peak_rss_mib(),
+        cuda_max_allocated_mib=cuda_peak_mib(device),
     )
 
 
@@ -412,11 +257,11 @@ def _comparison(
             if done.gradcam is not None:
                 render.overlay(done.input_image, done.gradcam.values)
 
-    rss_reset = _reset_peak_rss()
-    _reset_cuda_peak(device)
-    ms = _interleaved_ms({"first": first_view, "gradcam": gradcams}, repeats, device)
+    rss_reset = reset_peak_rss()
+    reset_cuda_peak(device)
+    ms = interleaved_ms({"first": first_view, "gradcam": gradcams}, repeats, device)
     sum_bare = sum(bare[n] for n in names)
-    peak = _peak_rss_mib()
+    peak = peak_rss_mib()
     if not rss_reset:
         log.info("RSS peak could not be reset: the comparison's peak is the process peak")
     total = ms["first"] + ms["gradcam"]
@@ -430,7 +275,7 @@ def _comparison(
         ratio=total / sum_bare,
         stored_mib=sum(a.nbytes for a in shown) / 2**20,
         peak_rss_mib=peak,
-        cuda_max_allocated_mib=_cuda_peak_mib(device),
+        cuda_max_allocated_mib=cuda_peak_mib(device),
     )
 
 
@@ -473,8 +318,8 @@ def _batch_throughput(
         pipelined()  # warm-up (and the model's first load)
         one_at_a_time()
         reports.clear()
-        single_s = _median_ms(one_at_a_time, runs, device, warmup=0) / 1e3
-        _median_ms(pipelined, runs, device, warmup=0)
+        single_s = median_ms(one_at_a_time, runs, device, warmup=0) / 1e3
+        median_ms(pipelined, runs, device, warmup=0)
     # the pipeline loads its model on each call: its own timings give the time without loading
     batched_s = statistics.median(r.wall_s - sum(t.load_s for t in r.models) for r in reports)
     usage = [r.gpu_utilization for r in reports if r.gpu_utilization is not None]
@@ -487,18 +332,6 @@ def _batch_throughput(
         speedup=single_s / batched_s,
         gpu_utilization=statistics.mean(usage) if usage else None,
     )
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_bench(
@@ -548,8 +381,8 @@ def run_bench(
     rows = []
     bare = {}
     for name in names:
-        rss_reset &= _reset_peak_rss()
-        _reset_cuda_peak(dev)
+        rss_reset &= reset_peak_rss()
+        reset_cuda_peak(dev)
         log.info("bench: %s", name)
         row = _model_row(name, image, dev, repeats)
         rows.append(row)
@@ -566,7 +399,7 @@ def run_bench(
     batch = _batch_throughput(batch_model, n, min(n, DEFAULT_BATCH_SIZE), dev, repeats)
     machine = MachineInfo(
         device=str(dev),
-        device_name=_device_name(dev),
+        device_name=device_name(dev),
         torch_version=torch.__version__,
         cpu_count=os.cpu_count() or 1,
         torch_threads=torch.get_num_threads(),
@@ -577,102 +410,3 @@ def run_bench(
         rss_reset=rss_reset,
     )
     return BenchReport(machine, tuple(rows), comparison, batch)
-
-
-# --------------------------------------------------------------------------------------------------
-# output
-# --------------------------------------------------------------------------------------------------
-
-
-def _json_ready(value: object) -> object:
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    return value
-
-
-def report_to_json(report: BenchReport) -> dict:
-    """The report as a JSON-ready dict (tuples become lists; absent figures are None)."""
-    return _json_ready(dataclasses.asdict(report))
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
-def _x(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    lines = []
-    for r in (header, *rows):
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
-def format_report(report: BenchReport) -> str:
-    """A readable text report: machine, per-model table, comparison and batch throughput."""
-    m = report.machine
-    lines = [
-        f"attnviz bench on {m.device} ({m.device_name}), torch {m.torch_version}, "
-        f"{m.cpu_count} CPUs ({m.torch_threads} torch threads), {m.date}",
-        f"median of {m.repeats} warm runs, 1 image{' (small mode)' if m.small else ''}",
-        "",
-    ]
-    header = (
-        "MODEL",
-        "BARE ms",
-        "FUSED ms",
-        "CAPTURE ms",
-        "CAPTURE/BARE",
-        "CAPTURE/FUSED",
-        "NHWC/BARE",
-        "MAPS ms",
-        "GRADCAM ms",
-        "GRADCAM/MAPS",
-        "PEAK RSS MiB",
-        "CUDA MiB",
-    )
-    rows = [
-        (
-            r.model,
-            _ms(r.bare_ms),
-            _ms(r.fused_ms),
-            _ms(r.capture_ms),
-            _x(r.capture_ratio),
-            _x(r.fused_ratio),
-            _x(r.channels_last_ratio),
-            _ms(r.maps_ms),
-            _ms(r.gradcam_ms),
-            _x(r.gradcam_ratio),
-            f"{r.peak_rss_mib:.0f}",
-            _ms(r.cuda_max_allocated_mib),
-        )
-        for r in report.models
-    ]
-    lines += _table(header, rows)
-    c, b = report.comparison, report.batch
-    cuda = (
-        "" if c.cuda_max_allocated_mib is None else f", CUDA max allocated {c.cuda_max_allocated_mib:.0f} MiB"
-    )
-    lines += [
-        "",
-        f"comparison of {', '.join(c.models)} (1 image; sum of bare forwards {c.sum_bare_ms:.1f} ms):",
-        f"  first view (analyze + compact + the page's first renders): {c.first_view_ms:.1f} ms = "
-        f"{c.first_view_ratio:.2f}x",
-        f"  with the Grad-CAM baselines added: {c.total_ms:.1f} ms = {c.ratio:.2f}x; "
-        f"stored {c.stored_mib:.1f} MiB, peak RSS {c.peak_rss_mib:.0f} MiB{cuda}",
-        f"CLI batch ({b.model}, a folder of {b.images} images: read, analyze + Grad-CAM, write the export): "
-        f"pipelined in batches of {b.batch_size} {b.batched_img_s:.2f} img/s, one at a time "
-        f"{b.single_img_s:.2f} img/s, speed-up {b.speedup:.2f}x"
-        + ("" if b.gpu_utilization is None else f", GPU utilisation {b.gpu_utilization:.0f} %"),
-    ]
-    if not m.rss_reset:
-        lines.append(
-            "note: the RSS peak could not be reset per model; each figure is the process peak so far"
-        )
-    return "\n".join(lines)

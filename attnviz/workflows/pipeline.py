@@ -12,6 +12,11 @@ size, never on the number of images. The files are the ones :func:`attnviz.io.ex
 would give for all results at once (same folder names, same ``summary.json`` entries), written
 batch by batch; ``summary.json`` comes last, once every result is on disk.
 
+The stages live in :mod:`.pipeline_stages` (on the threads of :mod:`.pipeline_threads`), the
+events and report in :mod:`.pipeline_results`, folder expansion in :mod:`.image_paths`; this module
+runs them and chooses what they call (``analyze``, ``load_model``, ``load_image``,
+``export_result``, ``write_bundle``, looked up here when a run starts).
+
 An image that cannot be read (any :class:`attnviz.AttnvizError` from :func:`attnviz.load_image`)
 is skipped and reported; every other error stops the run and reaches the caller, after all threads
 have been joined.
@@ -24,20 +29,15 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import plotly.offline
 import torch
-from PIL import Image
 
-from attnviz import render
 from attnviz.analysis import AUTOCAST_DTYPES, analyze
 from attnviz.backends import get_spec, load_model
-from attnviz.core.errors import AttnvizError
-from attnviz.core.records import Analysis
 from attnviz.io.export import (
     SUMMARY_FILENAME,
     FolderNames,
@@ -46,14 +46,26 @@ from attnviz.io.export import (
     validate_style,
     write_bundle,
 )
-from attnviz.io.images import ALLOWED_EXTENSIONS, load_image
+from attnviz.io.images import load_image
 from attnviz.runtime import resolve_device
+from attnviz.workflows.image_paths import IMAGE_EXTENSIONS, expand_image_paths
+from attnviz.workflows.pipeline_results import (
+    EventKind,
+    ModelTiming,
+    PipelineEvent,
+    PipelineReport,
+    ProgressCallback,
+    SkippedImage,
+)
+from attnviz.workflows.pipeline_stages import END, Decoded, Decoder, Job, PassEnd, Writer, Written
+from attnviz.workflows.pipeline_threads import THREAD_PREFIX, GpuSampler, put_unless_stopped
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "IMAGE_EXTENSIONS",
     "MAX_BATCH_SIZE",
     "THREAD_PREFIX",
+    "EventKind",
     "ModelTiming",
     "PipelineEvent",
     "PipelineReport",
@@ -70,390 +82,6 @@ DEFAULT_BATCH_SIZE = 8
 
 MAX_BATCH_SIZE = 64
 """Largest accepted batch size (memory grows with it: decoded images and results of ~3 batches)."""
-
-IMAGE_EXTENSIONS: tuple[str, ...] = tuple(f".{ext}" for ext in ALLOWED_EXTENSIONS)
-"""File name extensions a folder is expanded to (case-insensitive): the formats ``load_image``
-reads. Files named otherwise are left out of a folder; a file given by name is read whatever its
-name, and its content decides."""
-
-THREAD_PREFIX = "attnviz-pipeline"
-"""Name prefix of every thread a run starts (all are joined before it returns or raises)."""
-
-_POLL_S = 0.1  # how often a blocked queue operation looks whether the run was stopped
-_GPU_SAMPLE_S = 0.2
-
-EventKind = Literal["loading", "download", "analysing", "skipped", "written"]
-
-
-# --------------------------------------------------------------------------------------------------
-# Public results
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SkippedImage:
-    """An image file that could not be read; the run went on without it.
-
-    Attributes:
-        path: the path as given.
-        message: the one-sentence reason, from :func:`attnviz.load_image`.
-    """
-
-    path: str
-    message: str
-
-
-@dataclass(frozen=True)
-class ModelTiming:
-    """Where one model's time went, in seconds of wall time.
-
-    Attributes:
-        model: the model name.
-        results: images this model analysed.
-        batches: forwards (calls of :func:`attnviz.analyze`).
-        load_s: building the model with its weights.
-        forward_s: :func:`attnviz.analyze` on the calling thread (capture and Grad-CAM included).
-        write_s: rendering and writing its results on the writer thread, which overlaps the next
-            batch's forward.
-    """
-
-    model: str
-    results: int
-    batches: int
-    load_s: float
-    forward_s: float
-    write_s: float
-
-
-@dataclass(frozen=True)
-class PipelineReport:
-    """What a run of :func:`analyze_to_folder` did.
-
-    Attributes:
-        out_dir: the folder written to.
-        results: ``(image, model)`` results written (one folder each).
-        files: files written, ``summary.json`` and ``plotly.min.js`` included.
-        skipped: unreadable images, in the order they were met (each path once).
-        models: per-model timings, in the order of the models.
-        wall_s: wall time of the whole run.
-        images_per_s: ``results / wall_s`` (an image analysed by two models counts twice).
-        gpu_utilization: mean GPU utilisation in percent sampled during the run
-            (``torch.cuda.utilization``, needs ``pynvml``); None on CPU or when unavailable.
-    """
-
-    out_dir: Path
-    results: int
-    files: int
-    skipped: tuple[SkippedImage, ...]
-    models: tuple[ModelTiming, ...]
-    wall_s: float
-    images_per_s: float
-    gpu_utilization: float | None
-
-    @property
-    def summary_path(self) -> Path | None:
-        """``out_dir / summary.json``, or None when nothing was written (no readable image)."""
-        return self.out_dir / SUMMARY_FILENAME if self.results else None
-
-
-@dataclass(frozen=True)
-class PipelineEvent:
-    """One step of a run, passed to the ``progress`` callback, always on the calling thread.
-
-    Attributes:
-        kind: ``"loading"`` (a model is about to be built), ``"download"`` (a progress message of
-            :func:`attnviz.load_model`, with its ``fraction``), ``"analysing"`` (the model is ready),
-            ``"skipped"`` (``image`` could not be read: ``message`` says why) or ``"written"``
-            (``image``'s result by ``model`` is on disk under ``folder``, with its ``analysis``).
-        model: the model concerned; None for ``"skipped"``.
-        message: a short, user-facing sentence without the model name.
-        fraction: ``"download"``: the download's progress; ``"written"``: results written so far
-            over ``images x models``; else None.
-        image: the image path, for ``"skipped"`` and ``"written"``.
-        folder: the result's folder relative to the output folder (``"written"``).
-        analysis: the result itself (``"written"``).
-    """
-
-    kind: EventKind
-    model: str | None
-    message: str
-    fraction: float | None = None
-    image: str | None = None
-    folder: str | None = None
-    analysis: Analysis | None = None
-
-
-ProgressCallback = Callable[[PipelineEvent], None]
-
-
-# --------------------------------------------------------------------------------------------------
-# Paths
-# --------------------------------------------------------------------------------------------------
-
-
-def expand_image_paths(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Expands folders into their image files; files are kept as given.
-
-    A folder gives its regular files whose extension is in :data:`IMAGE_EXTENSIONS`
-    (case-insensitive), sorted by name, hidden files (a leading dot) left out; it is not searched
-    recursively. Anything else (a file, a missing path) is kept as is: :func:`attnviz.load_image`
-    decides later, by content.
-
-    Args:
-        paths: files and folders.
-
-    Returns:
-        The image paths as strings, folders replaced by their files, in the given order.
-
-    Raises:
-        ValueError: a folder holds no image file.
-        OSError: a folder cannot be listed.
-    """
-    out: list[str] = []
-    for raw in paths:
-        path = os.fspath(raw)
-        if not os.path.isdir(path):
-            out.append(path)
-            continue
-        with os.scandir(path) as entries:
-            names = sorted(
-                e.name
-                for e in entries
-                if not e.name.startswith(".")
-                and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
-                and e.is_file()
-            )
-        if not names:
-            kinds = ", ".join(IMAGE_EXTENSIONS)
-            raise ValueError(f"the folder {path} holds no image files ({kinds})")
-        out.extend(os.path.join(path, name) for name in names)
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Threads and queues
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    """A batch of decoded images for one model's pass."""
-
-    model_index: int
-    paths: tuple[str, ...]
-    images: tuple[Image.Image, ...]
-    skipped: tuple[SkippedImage, ...]
-
-
-@dataclass(frozen=True)
-class _PassEnd:
-    """No more images for this model's pass."""
-
-    model_index: int
-    skipped: tuple[SkippedImage, ...]
-
-
-@dataclass(frozen=True)
-class _Job:
-    """Analysed results for the writer: ``(image, analysis, folder)`` each."""
-
-    model_index: int
-    items: tuple[tuple[str, Analysis, str], ...]
-
-
-@dataclass(frozen=True)
-class _Written:
-    """A job that is on disk, for the calling thread's events and timings."""
-
-    model_index: int
-    items: tuple[tuple[str, Analysis, str], ...]
-    seconds: float
-
-
-_END = object()  # no more jobs for the writer
-
-
-class _Worker:
-    """A named daemon thread running ``work()``; its exception is kept for the calling thread."""
-
-    def __init__(self, role: str) -> None:
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"{THREAD_PREFIX}-{role}", daemon=True)
-
-    def work(self) -> None:
-        raise NotImplementedError
-
-    def _run(self) -> None:
-        try:
-            self.work()
-        except BaseException as exc:  # handed to the calling thread, which re-raises it
-            self.error = exc
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def join(self) -> None:
-        if self._thread.ident is not None:
-            self._thread.join()
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def raise_if_failed(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-
-def _put(box: queue.Queue, item: object, stop: threading.Event, consumer: _Worker | None = None) -> bool:
-    """Puts ``item``, waiting while ``box`` is full; False when the run was stopped meanwhile.
-
-    Raises the consumer's exception when it died, instead of waiting for it forever.
-    """
-    while not stop.is_set():
-        if consumer is not None and not consumer.alive():
-            consumer.raise_if_failed()
-            raise RuntimeError(f"{THREAD_PREFIX}: a worker thread stopped early")
-        try:
-            box.put(item, timeout=_POLL_S)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _get(box: queue.Queue, stop: threading.Event) -> object | None:
-    """The next item, or None once the run was stopped."""
-    while not stop.is_set():
-        try:
-            return box.get(timeout=_POLL_S)
-        except queue.Empty:
-            continue
-    return None
-
-
-class _Decoder(_Worker):
-    """Decodes the images of every model's pass, one batch ahead of the forward."""
-
-    def __init__(self, paths: list[str], passes: int, batch_size: int, stop: threading.Event) -> None:
-        super().__init__("decode")
-        self.outbox: queue.Queue = queue.Queue(maxsize=1)
-        self._paths, self._passes, self._batch_size, self._stop = paths, passes, batch_size, stop
-
-    def work(self) -> None:
-        bad: set[int] = set()  # unreadable in an earlier pass: not read again
-        for index in range(self._passes):
-            paths: list[str] = []
-            images: list[Image.Image] = []
-            skipped: list[SkippedImage] = []
-            for i, path in enumerate(self._paths):
-                if i in bad:
-                    continue
-                if self._stop.is_set():
-                    return
-                try:
-                    image = load_image(path)
-                except AttnvizError as exc:
-                    bad.add(i)
-                    skipped.append(SkippedImage(path, " ".join(str(exc).split())))
-                    continue
-                paths.append(path)
-                images.append(image)
-                if len(paths) == self._batch_size:
-                    batch = _Decoded(index, tuple(paths), tuple(images), tuple(skipped))
-                    if not _put(self.outbox, batch, self._stop):
-                        return
-                    paths, images, skipped = [], [], []
-            if paths:
-                batch = _Decoded(index, tuple(paths), tuple(images), tuple(skipped))
-                if not _put(self.outbox, batch, self._stop):
-                    return
-                skipped = []
-            if not _put(self.outbox, _PassEnd(index, tuple(skipped)), self._stop):
-                return
-
-    def next(self) -> _Decoded | _PassEnd:
-        """The next batch or end of pass (calling thread); re-raises the decoder's exception."""
-        while True:
-            try:
-                return self.outbox.get(timeout=_POLL_S)
-            except queue.Empty:
-                if self.alive():
-                    continue
-            try:  # it may have put its last item just before it ended
-                return self.outbox.get_nowait()
-            except queue.Empty:
-                self.raise_if_failed()
-                raise RuntimeError(f"{THREAD_PREFIX}: the decoder stopped early") from None
-
-
-class _Writer(_Worker):
-    """Renders and writes every job's files, in order; keeps the ``summary.json`` entries."""
-
-    def __init__(self, out_dir: Path, cmap: str, alpha: float, scale: str, stop: threading.Event) -> None:
-        super().__init__("write")
-        self.inbox: queue.Queue = queue.Queue(maxsize=1)
-        self.outbox: queue.SimpleQueue = queue.SimpleQueue()  # small: drained after every batch
-        self.entries: list[dict[str, Any]] = []
-        self.files = 0
-        self._out_dir, self._cmap, self._alpha, self._scale, self._stop = out_dir, cmap, alpha, scale, stop
-
-    def work(self) -> None:
-        while True:
-            job = _get(self.inbox, self._stop)
-            if not isinstance(job, _Job):  # _END, or None once the run was stopped
-                return
-            start = time.perf_counter()
-            files: dict[str, bytes] = {}
-            if not self.files:
-                files[render.PLOTLYJS_FILENAME] = plotly.offline.get_plotlyjs().encode("utf-8")
-            entries = [
-                export_result(image, analysis, folder, files, self._cmap, self._alpha, self._scale)
-                for image, analysis, folder in job.items
-            ]
-            write_bundle(files, self._out_dir)
-            self.entries.extend(entries)
-            self.files += len(files)
-            self.outbox.put(_Written(job.model_index, job.items, time.perf_counter() - start))
-
-
-class _GpuSampler:
-    """Samples ``torch.cuda.utilization`` on a thread while a run lasts; a no-op off CUDA."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if device.type != "cuda":
-            return
-        try:
-            torch.cuda.utilization(device)
-        except Exception as exc:  # needs pynvml and a driver that answers; any failure: no figure
-            log.info("GPU utilisation is not available: %s", exc)
-            return
-        self._thread = threading.Thread(
-            target=self._run, args=(device,), name=f"{THREAD_PREFIX}-gpu", daemon=True
-        )
-
-    def _run(self, device: torch.device) -> None:
-        while True:
-            try:
-                self.samples.append(float(torch.cuda.utilization(device)))
-            except Exception as exc:  # as above: stop sampling, keep what was measured
-                log.info("GPU utilisation sampling stopped: %s", exc)
-                return
-            if self._stop.wait(_GPU_SAMPLE_S):
-                return
-
-    def start(self) -> None:
-        if self._thread is not None:
-            self._thread.start()
-
-    def stop(self) -> float | None:
-        """Stops sampling; the mean utilisation in percent, or None without samples."""
-        self._stop.set()
-        if self._thread is not None and self._thread.ident is not None:
-            self._thread.join()
-        return sum(self.samples) / len(self.samples) if self.samples else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -487,8 +115,10 @@ class _Run:
         self.options = options
         self.progress = progress
         self.stop = threading.Event()
-        self.decoder = _Decoder(paths, len(models), options["batch_size"], self.stop)
-        self.writer = _Writer(out_dir, options["cmap"], options["alpha"], options["scale"], self.stop)
+        # read here, when the run starts, so that what they call can be replaced (tests do)
+        self.decoder = Decoder(paths, len(models), options["batch_size"], self.stop, load=load_image)
+        style = (options["cmap"], options["alpha"], options["scale"])
+        self.writer = Writer(out_dir, style, self.stop, render_result=export_result, write=write_bundle)
         self.folders = FolderNames()
         self.skipped: dict[str, SkippedImage] = {}
         self.tallies = [_Tally() for _ in models]
@@ -501,7 +131,7 @@ class _Run:
     def execute(self) -> None:
         for index, name in enumerate(self.models):
             self._model_pass(index, name)
-        if not _put(self.writer.inbox, _END, self.stop, self.writer):
+        if not put_unless_stopped(self.writer.inbox, END, self.stop, self.writer):
             return
         self.writer.join()
         self.writer.raise_if_failed()
@@ -512,7 +142,7 @@ class _Run:
 
     def _model_pass(self, index: int, name: str) -> None:
         item = self._next()
-        if isinstance(item, _PassEnd):  # no readable image left: do not even load the model
+        if isinstance(item, PassEnd):  # no readable image left: do not even load the model
             log.info("%s: no image to analyse", name)
             return
         opts, tally = self.options, self.tallies[index]
@@ -535,7 +165,7 @@ class _Run:
                 f"analysing {todo} image(s) on {model.device} in batches of {opts['batch_size']}",
             )
         )
-        while isinstance(item, _Decoded):
+        while isinstance(item, Decoded):
             start = time.perf_counter()
             results = analyze(model, list(item.images), gradcam=opts["gradcam"], autocast=opts["autocast"])
             tally.forward_s += time.perf_counter() - start
@@ -545,13 +175,13 @@ class _Run:
                 for path, analysis in zip(item.paths, results, strict=True)
             )
             del results
-            if not _put(self.writer.inbox, _Job(index, items), self.stop, self.writer):
+            if not put_unless_stopped(self.writer.inbox, Job(index, items), self.stop, self.writer):
                 return
             self._drain()
             item = self._next()
         del model  # one model in memory at a time
 
-    def _next(self) -> _Decoded | _PassEnd:
+    def _next(self) -> Decoded | PassEnd:
         item = self.decoder.next()
         for skip in item.skipped:
             if skip.path not in self.skipped:
@@ -565,7 +195,7 @@ class _Run:
         total = len(self.paths) * len(self.models)
         while True:
             try:
-                done: _Written = self.writer.outbox.get_nowait()
+                done: Written = self.writer.outbox.get_nowait()
             except queue.Empty:
                 return
             name = self.models[done.model_index]
@@ -681,7 +311,7 @@ def analyze_to_folder(
         "scale": scale,
     }
     run = _Run(paths, names, Path(out_dir), options, progress)
-    sampler = _GpuSampler(dev)
+    sampler = GpuSampler(dev)
     start = time.perf_counter()
     try:
         run.decoder.start()

@@ -1,0 +1,43 @@
+"""``attnviz bench``: the benchmark of :mod:`attnviz.workflows.bench`, as a text report or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TextIO
+
+from attnviz.backends import get_spec
+from attnviz.cli.console import EXIT_OK, UsageError, note
+from attnviz.runtime import resolve_device
+
+__all__ = ["run_bench_command"]
+
+
+def run_bench_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Checks the arguments, runs the benchmark and prints its report (JSON with ``--json``).
+
+    Returns:
+        0.
+
+    Raises:
+        UsageError: ``--repeats`` below 1, or models the benchmark refuses.
+        AttnvizError: an unknown model or an unavailable device.
+    """
+    from attnviz.workflows import bench
+
+    if args.repeats is not None and args.repeats < 1:
+        raise UsageError("--repeats must be at least 1")
+    for name in args.model or ():
+        get_spec(name)  # UnknownModelError lists the known names
+    device = resolve_device(args.device)
+    note(err, f"benchmarking on {device}{' (small mode)' if args.small else ''}; this takes a while")
+    try:
+        report = bench.run_bench(device=device, small=args.small, repeats=args.repeats, models=args.model)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        json.dump(bench.report_to_json(report), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(bench.format_report(report) + "\n")
+    return EXIT_OK

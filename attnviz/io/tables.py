@@ -1,0 +1,66 @@
+"""CSV tables of an analysis, as the export bundle writes them (``channel_weights.csv``).
+
+The functions return the file's bytes (UTF-8, ``\\n`` line ends), so that the exporter
+(:mod:`attnviz.io.export`) and the app's downloads give the same table. Values are written with
+``repr(float(v))``, which round-trips every float32 and float64 exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+
+from attnviz.core.records import ChannelWeights
+
+__all__ = ["channel_path_names", "channel_weights_csv"]
+
+
+def channel_path_names(cw: ChannelWeights) -> list[str]:
+    """The name of each row a channel-weights record gives in :func:`channel_weights_csv`.
+
+    Args:
+        cw: a channel-weights record; ``values`` is ``[C]`` (one gate) or ``[paths, C]``
+            (``multipath``, e.g. the branches of selective kernels).
+
+    Returns:
+        ``["gate"]`` for ``[C]``; for ``[paths, C]`` the record's ``path_labels`` when there is one
+        per path, else ``["path 0", "path 1", ...]``.
+    """
+    if not cw.multipath:
+        return ["gate"]
+    paths = cw.values.shape[0]
+    if len(cw.path_labels) == paths:
+        return [str(label) for label in cw.path_labels]
+    return [f"path {i}" for i in range(paths)]
+
+
+def channel_weights_csv(records: ChannelWeights | Sequence[ChannelWeights]) -> bytes:
+    """The channel weights of one analysis (or one record) as the bundle's ``channel_weights.csv``.
+
+    The header is ``block, layer, kind, path, c0 ... c{W-1}`` with ``W`` the most channels of any
+    record; then one row per record and path (:func:`channel_path_names`), in the given order,
+    holding that path's ``C`` values (a row of a record with fewer channels is shorter).
+
+    Args:
+        records: ``analysis.channel_weights`` (every record of one analysis), or a single record.
+
+    Returns:
+        The CSV file's UTF-8 bytes; only the header row when ``records`` is empty.
+
+    Raises:
+        TypeError: an item is not a :class:`~attnviz.core.records.ChannelWeights`.
+    """
+    items = [records] if isinstance(records, ChannelWeights) else list(records)
+    for i, cw in enumerate(items):
+        if not isinstance(cw, ChannelWeights):
+            raise TypeError(f"records[{i}] must be a ChannelWeights record, got {type(cw).__name__}")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    width = max((cw.channels for cw in items), default=0)
+    writer.writerow(["block", "layer", "kind", "path", *(f"c{i}" for i in range(width))])
+    for cw in items:
+        rows = cw.values if cw.multipath else cw.values[None, :]
+        for path, row in zip(channel_path_names(cw), rows, strict=True):
+            writer.writerow([cw.block, cw.layer, cw.kind, path, *(repr(float(v)) for v in row)])
+    return buf.getvalue().encode("utf-8")
