@@ -1,11 +1,11 @@
 """attnviz web app: the entry point (``streamlit run app.py``).
 
 It sets the page up, configures logging, draws the sidebar shared by every page (device, overlay
-colormap and opacity, stored in ``st.session_state`` under the ``ui`` package's ``sidebar_*`` keys)
-and runs the page chosen in the navigation. Which weights a model runs with is decided per model
-where models run (the Compare page: the zoo's own weights, cached pretrained weights, else random,
-with a per-model override), and results from random weights say so in their own column. Pages only
-call :mod:`attnviz` functions: no hooks and no torch module internals here.
+colormap and opacity: :func:`ui.sidebar.draw_sidebar`, which also names their ``sidebar_*`` keys in
+``st.session_state``) and runs the page chosen in the navigation. Which weights a model runs with is
+decided per model where models run (the Compare page: the zoo's own weights, cached pretrained
+weights, else random, with a per-model override), and results from random weights say so in their
+own column. Pages only call :mod:`attnviz` functions: no hooks and no torch module internals here.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from __future__ import annotations
 import logging
 
 import streamlit as st
-import torch
 
-import attnviz
-from ui import ALPHA_KEY, CMAP_KEY, COLORMAPS, DEVICE_KEY
+from ui.sidebar import draw_sidebar
 
 
 def _configure_logging() -> None:
@@ -24,38 +22,6 @@ def _configure_logging() -> None:
     # basicConfig is a no-op when the root logger already has handlers (every rerun after the first).
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("attnviz").setLevel(logging.INFO)
-
-
-def _sidebar() -> None:
-    """Draw the settings shared by every page; their values live in ``st.session_state``."""
-    cuda = torch.cuda.is_available()
-    with st.sidebar:
-        st.header("Settings")
-        devices = ["auto", "cpu", "cuda"] if cuda else ["auto", "cpu"]
-        st.selectbox(
-            "Device",
-            devices,
-            key=DEVICE_KEY,
-            help="auto picks the CUDA GPU when there is one, else the CPU.",
-        )
-        if not cuda:
-            st.caption("cuda: no CUDA GPU is available on this machine, models run on the CPU.")
-        st.selectbox(
-            "Overlay colormap",
-            COLORMAPS,
-            key=CMAP_KEY,
-            help="The colours of every heat map; each map's colour bar shows which value each colour means.",
-        )
-        st.slider(
-            "Overlay opacity",
-            0.0,
-            1.0,
-            0.5,
-            step=0.05,
-            key=ALPHA_KEY,
-            help="How strongly the heat map covers the image (0: the image only, 1: the map only).",
-        )
-        st.caption(f"attnviz {attnviz.__version__}")
 
 
 def main() -> None:
@@ -71,7 +37,7 @@ def main() -> None:
             st.Page("pages/models.py", title="Models", icon=":material/view_list:"),
         ]
     )
-    _sidebar()
+    draw_sidebar()
     page.run()
 
 

@@ -1,6 +1,6 @@
 """Scene lab: compose a generated scene and see where every zoo model's attention goes.
 
-How it works:
+How it works (the logic lives in :mod:`ui.scene`; this file lays the page out):
 
 - The controls (``scene_*`` keys) describe a :class:`attnviz.workflows.scenes.SceneParams` at the zoo's input
   size (96 px), so the image the models see is the scene itself and the true box needs no
@@ -22,303 +22,27 @@ How it works:
 
 from __future__ import annotations
 
-import logging
-
 import streamlit as st
 
 import attnviz
-from attnviz.backends.zoo import best_block
-from attnviz.core.scales import MapScale, shared_scales
 from attnviz.layers.zoo_net import INPUT_SIZE, ZOO_KINDS, zoo_name
-from attnviz.views.localisation import score_maps
-from attnviz.views.maps import AttentionMap, attention_maps
-from attnviz.workflows.scenes import CLASSES, Scene, SceneParams, make_scene
-from ui import Settings, cached_model, require_app, store
+from attnviz.workflows.scenes import make_scene
+from ui import require_app
 from ui import settings as read_settings
-from ui.maps import boxed_map, error_parts, error_with_details, md, scale_control
-
-log = logging.getLogger("attnviz.app.scene")
-
-# Columns per row of the model grid.
-PER_ROW = 4
-
-# Analyses kept per session (11 models per scene).
-MAX_STORED = 132
-
-BLOCK_CHOICES = ("best", "first", "last", "all")
-
-# The zoo's own trained weights: the scenes are what these models were trained on.
-WEIGHTS = "pretrained"
-
-CLASS_KEY = "scene_class"
-X_KEY = "scene_x"
-Y_KEY = "scene_y"
-SIZE_KEY = "scene_size"
-CLUTTER_KEY = "scene_clutter"
-ROTATION_KEY = "scene_rotation"
-SEED_KEY = "scene_seed"
-BLOCKS_KEY = "scene_blocks"
-GRADCAM_KEY = "scene_gradcam"
-SCALE_KEY = "scene_scale"
-RESULTS_KEY = "scene_results"
-FAILURES_KEY = "scene_failures"
-
-_UNEXPECTED = "{model} failed unexpectedly; the details are in the server log."
-
-
-# --------------------------------------------------------------------------------------------------
-# Pure helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def scene_key(scene: Scene) -> tuple:
-    """A hashable key of a scene: its seed and resolved parameters."""
-    p = scene.params
-    return (scene.seed, p.size, p.label, p.center, p.scale, p.clutter, p.rotation, p.colour)
-
-
-def pick_maps(
-    maps: list[AttentionMap], which: str, gradcam: bool, best: int | None = None
-) -> list[AttentionMap]:
-    """The maps to show: the best, the first, the last or all attention blocks, then Grad-CAM when asked.
-
-    Args:
-        maps: ``attention_maps(analysis)`` (forward order, Grad-CAM last).
-        which: ``"best"``, ``"first"``, ``"last"`` or ``"all"``.
-        gradcam: append the Grad-CAM map(s).
-        best: the block the model's card says localises best (``"best"`` falls back to the last
-            block without one).
-    """
-    attention = [m for m in maps if m.block >= 0]
-    blocks = sorted({m.block for m in attention})
-    if blocks and which != "all":
-        ends = {"first": blocks[0], "last": blocks[-1]}
-        chosen = best if which == "best" and best in blocks else ends.get(which, blocks[-1])
-        attention = [m for m in attention if m.block == chosen]
-    cams = [m for m in maps if m.block < 0] if gradcam else []
-    return attention + cams
-
-
-def map_caption(amap: AttentionMap, box: tuple[int, int, int, int], size: tuple[int, int]) -> str:
-    """``"<label> · energy in box 41% (2.9x uniform) · pointing: hit"``.
-
-    ``2.9x uniform``: the energy in the box divided by the box's share of the image, what a uniform
-    map would put there.
-    """
-    score = score_maps([amap.values], [box], size, amap.label)
-    hit = "hit" if score.pointing >= 0.5 else "miss"
-    ratio = f"{score.energy_ratio:.1f}x uniform"
-    return f"{amap.label} · energy in box {score.energy:.0%} ({ratio}) · pointing: {hit}"
-
-
-# --------------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------------
-
-
-def _run_all(models: list[str], scene: Scene, device: str) -> None:
-    """Analyse ``scene`` with every model that has no stored result for it yet."""
-    results: dict = store(RESULTS_KEY)
-    failures: dict = store(FAILURES_KEY)
-    key = scene_key(scene)
-    todo = [m for m in models if (m, device, key) not in results]
-    if not todo:
-        return
-    with st.spinner(f"Running {len(todo)} zoo model(s) on the scene"):
-        for model in todo:
-            try:
-                loaded = cached_model(model, WEIGHTS, device)
-                [analysis] = attnviz.analyze(loaded, [scene.image])
-            except attnviz.AttnvizError as err:
-                log.warning("%s could not run: %s", model, err)
-                failures[(model, device)] = error_parts(err)
-                continue
-            except Exception:
-                log.exception("analysing the scene with %s failed", model)
-                failures[(model, device)] = (_UNEXPECTED.format(model=model), ())
-                continue
-            failures.pop((model, device), None)
-            results[(model, device, key)] = analysis
-    for old in list(results)[: max(0, len(results) - MAX_STORED)]:
-        if old[2] != key:
-            del results[old]
-
-
-# --------------------------------------------------------------------------------------------------
-# Drawing
-# --------------------------------------------------------------------------------------------------
-
-
-def _controls() -> tuple[SceneParams, int]:
-    """Draw the scene controls; return the parameters and the seed they describe."""
-    st.selectbox("Class", CLASSES, key=CLASS_KEY, help="The shape drawn in the scene.")
-    left, right = st.columns(2)
-    with left:
-        x = st.slider("Position across (x)", 0.0, 1.0, 0.5, 0.01, key=X_KEY, help="0 = left, 1 = right.")
-        size = st.slider(
-            "Size",
-            0.1,
-            0.4,
-            0.2,
-            0.01,
-            key=SIZE_KEY,
-            help="Object size as a fraction of the image side (the square root of its area).",
-        )
-        rotation = st.slider("Rotation (degrees)", 0, 359, 0, key=ROTATION_KEY)
-    with right:
-        y = st.slider("Position down (y)", 0.0, 1.0, 0.5, 0.01, key=Y_KEY, help="0 = top, 1 = bottom.")
-        clutter = st.slider(
-            "Clutter",
-            0.0,
-            1.0,
-            0.5,
-            0.05,
-            key=CLUTTER_KEY,
-            help="Background texture and distractors (lines, dots, blobs, outlines).",
-        )
-        seed = st.number_input(
-            "Seed",
-            min_value=0,
-            max_value=2**31 - 1,
-            value=1,
-            step=1,
-            key=SEED_KEY,
-            help="Draws the colours, the background and the distractors.",
-        )
-    label = CLASSES.index(st.session_state[CLASS_KEY])
-    return SceneParams(
-        size=INPUT_SIZE,
-        label=label,
-        center=(float(y), float(x)),
-        scale=float(size),
-        clutter=float(clutter),
-        rotation=float(rotation),
-    ), int(seed)
-
-
-def _no_map_text(model: str) -> str:
-    """Why a model's column has no attention overlay."""
-    if model == zoo_name("none"):
-        return "No spatial attention map: the baseline has no attention."
-    return "No spatial attention map: this model's attention weighs channels only."
-
-
-def _header(model: str, analysis: attnviz.Analysis | None, failure: tuple | None, scene: Scene) -> None:
-    """A model's name (its description as help), its prediction, or why it has no result."""
-    kind = model.removeprefix("zoo_")
-    st.subheader(model, help=ZOO_KINDS.get(kind))
-    if analysis is None:
-        summary, details = failure or (f"{model} produced no result.", ())
-        error_with_details(summary, details)
-        return
-    top = analysis.top5[0]
-    if top.index == scene.label:
-        st.markdown(f":green[:material/check_circle: **{top.label}** · {top.probability:.0%}]")
-    else:
-        st.markdown(
-            f":red[:material/cancel: **{top.label}** · {top.probability:.0%}] (true: {scene.class_name})"
-        )
-
-
-def _maps(
-    analysis: attnviz.Analysis,
-    maps: list[AttentionMap],
-    scene: Scene,
-    settings: Settings,
-    scales: dict[tuple[str, int, str], MapScale],
-) -> None:
-    """Overlays of ``maps`` on what the model saw, each with the true box, its colour bar and scores."""
-    size = analysis.input_image.shape[:2]
-    for amap in maps:
-        scale = scales[(analysis.model, amap.block, amap.layer)]
-        st.image(
-            boxed_map(
-                analysis.input_image, scene.box, amap.values, scale, cmap=settings.cmap, alpha=settings.alpha
-            ),
-            caption=md(f"{map_caption(amap, scene.box, size)} · {scale.caption(amap.values)}"),
-            width="stretch",
-        )
-
-
-def _best(model: str) -> int | None:
-    best = best_block(model.removeprefix("zoo_"))
-    return best.block if best is not None else None
-
-
-def shown_maps(
-    analyses: dict[str, attnviz.Analysis | None], which: str, gradcam: bool
-) -> dict[str, list[AttentionMap]]:
-    """Per model, the maps the grid shows (:func:`pick_maps`, each model's best block from its card)."""
-    return {
-        m: pick_maps(attention_maps(a), which, gradcam, _best(m))
-        for m, a in analyses.items()
-        if a is not None
-    }
-
-
-def map_scales(shown: dict[str, list[AttentionMap]], mode: str) -> dict[tuple[str, int, str], MapScale]:
-    """One scale per shown map, shared by the maps of one quantity across every model on the page."""
-    maps = {(m, a.block, a.layer): (a.values, a.quantity) for m, amaps in shown.items() for a in amaps}
-    return shared_scales(maps, mode)
-
-
-def _grid(
-    models: list[str],
-    analyses: dict[str, attnviz.Analysis | None],
-    failures: dict[str, tuple | None],
-    scene: Scene,
-    settings: Settings,
-    shown: dict[str, list[AttentionMap]],
-    scales: dict[tuple[str, int, str], MapScale],
-) -> None:
-    """The models in rows of :data:`PER_ROW` columns.
-
-    Each row of models is drawn as three rows of columns, headers, attention maps, Grad-CAM, so that
-    the Grad-CAM overlays line up whatever the number of attention maps above them.
-    """
-    for start in range(0, len(models), PER_ROW):
-        row = models[start : start + PER_ROW]
-        for col, model in zip(st.columns(PER_ROW), row, strict=False):
-            with col:
-                _header(model, analyses[model], failures[model], scene)
-        for col, model in zip(st.columns(PER_ROW), row, strict=False):
-            analysis = analyses[model]
-            if analysis is None:
-                continue
-            with col:
-                native = [m for m in shown[model] if m.block >= 0]
-                if not native:
-                    st.caption(_no_map_text(model))
-                _maps(analysis, native, scene, settings, scales)
-        cams = {m: [a for a in shown.get(m, []) if a.block < 0] for m in row}
-        if any(cams.values()):
-            for col, model in zip(st.columns(PER_ROW), row, strict=False):
-                analysis = analyses[model]
-                if analysis is not None:
-                    with col:
-                        _maps(analysis, cams[model], scene, settings, scales)
-
-
-def _score_table(analyses: dict[str, attnviz.Analysis], scene: Scene) -> list[dict[str, object]]:
-    """One row per model and map (every block), for the table under the grid."""
-    rows = []
-    for model, analysis in analyses.items():
-        top = analysis.top5[0]
-        size = analysis.input_image.shape[:2]
-        for amap in attention_maps(analysis):
-            score = score_maps([amap.values], [scene.box], size, amap.label)
-            rows.append(
-                {
-                    "model": model,
-                    "prediction": top.label,
-                    "correct": top.index == scene.label,
-                    "map": amap.label,
-                    "energy in box": score.energy,
-                    "energy ratio": score.energy_ratio,
-                    "pointing": score.pointing >= 0.5,
-                }
-            )
-    return rows
+from ui.maps import boxed_map, scale_control
+from ui.scene import (
+    BLOCK_CHOICES,
+    BLOCKS_KEY,
+    GRADCAM_KEY,
+    SCALE_KEY,
+    controls,
+    draw_grid,
+    map_scales,
+    run_all,
+    score_table,
+    shown_maps,
+    stored,
+)
 
 
 def main() -> None:
@@ -335,9 +59,9 @@ def main() -> None:
         st.error(str(err))
         return
 
-    controls, preview = st.columns([2, 1])
-    with controls:
-        params, seed = _controls()
+    left, preview = st.columns([2, 1])
+    with left:
+        params, seed = controls()
     try:
         scene = make_scene(seed, params)
     except ValueError as err:
@@ -367,19 +91,15 @@ def main() -> None:
         gradcam = st.toggle("Grad-CAM", value=True, key=GRADCAM_KEY, help="Add each model's Grad-CAM map.")
 
     models = [zoo_name(kind) for kind in ZOO_KINDS]
-    _run_all(models, scene, device)
-    results: dict = store(RESULTS_KEY)
-    failures: dict = store(FAILURES_KEY)
-    key = scene_key(scene)
-    analyses = {m: results.get((m, device, key)) for m in models}
-    model_failures = {m: failures.get((m, device)) for m in models}
+    run_all(models, scene, device)
+    analyses, failures = stored(models, scene, device)
     shown = shown_maps(analyses, which, gradcam)
-    _grid(models, analyses, model_failures, scene, settings, shown, map_scales(shown, mode))
+    draw_grid(models, analyses, failures, scene, settings, shown, map_scales(shown, mode))
     done = {m: a for m, a in analyses.items() if a is not None}
     if done:
         with st.expander("Every map's score on this scene"):
             st.dataframe(
-                _score_table(done, scene),
+                score_table(done, scene),
                 hide_index=True,
                 column_config={
                     "energy in box": st.column_config.NumberColumn(format="percent"),

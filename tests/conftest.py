@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -55,18 +51,6 @@ def randomize_norms(module: nn.Module, seed: int = 0) -> None:
 @pytest.fixture
 def images() -> list[Image.Image]:
     return [make_image(1), make_image(2, (300, 260))]
-
-
-def load_page(name: str) -> Iterator[ModuleType]:
-    """``pages/<name>.py`` imported as a module (its helpers, without drawing the page)."""
-    path = Path(__file__).resolve().parent.parent / "pages" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"attnviz_{name}_page", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
 
 
 def bilinear_zero_pad(x: torch.Tensor, y: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:

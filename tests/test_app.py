@@ -7,27 +7,30 @@ Tests that run real models (random weights, CPU, a few seconds each) are marked 
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import logging
 import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import streamlit as st
-from conftest import load_page
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import attnviz
 from attnviz.backends import MODEL_GROUPS
 from attnviz.backends.zoo import best_block
+from attnviz.core.records import Detections
 from attnviz.core.scales import format_range
 from attnviz.views import deformable
 from attnviz.views.maps import attention_maps
 from attnviz.workflows.scenes import CLASSES
+from ui import runner
+from ui.compare import clicks, columns, downloads, state
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -145,12 +148,6 @@ def fresh_model_cache() -> Iterator[None]:
     st.cache_resource.clear()
     yield
     st.cache_resource.clear()
-
-
-@pytest.fixture(scope="module")
-def compare_page() -> Iterator[ModuleType]:
-    """``pages/compare.py`` imported as a module: its helpers without drawing the page."""
-    yield from load_page("compare")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -451,12 +448,12 @@ def test_gradcam_explains_the_class_a_teacher_picks() -> None:
 
 
 @pytest.mark.slow
-def test_zip_of_stored_results(compare_page: ModuleType) -> None:
+def test_zip_of_stored_results() -> None:
     """What the "Download everything" button produces when clicked (AppTest cannot click downloads)."""
     model = attnviz.load_model("mobilenet_v3_large", weights="random", device="cpu")
     image = Image.open(io.BytesIO(png_bytes(3)))
     [analysis] = attnviz.analyze(model, [image])
-    data = compare_page.bundle_zip([("photo.png", analysis)], "viridis", 0.4, "stretched")
+    data = downloads.bundle_zip([("photo.png", analysis)], "viridis", 0.4, "stretched")
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert "summary.json" in names and "photo/mobilenet_v3_large/gradcam.png" in names
 
@@ -532,13 +529,11 @@ def test_models_page_lists_every_model() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_default_block_is_the_card_s_best_for_the_zoo_and_the_last_otherwise(
-    compare_page: ModuleType,
-) -> None:
-    assert compare_page.default_block("zoo_gc", 2) == best_block("gc").block == 0
-    assert compare_page.default_block("zoo_nonlocal", 2) == best_block("nonlocal").block == 1
-    assert compare_page.default_block("zoo_se", 2) == 1  # channel attention: no best block
-    assert compare_page.default_block("seresnet50", 16) == 15
+def test_default_block_is_the_card_s_best_for_the_zoo_and_the_last_otherwise() -> None:
+    assert columns.default_block("zoo_gc", 2) == best_block("gc").block == 0
+    assert columns.default_block("zoo_nonlocal", 2) == best_block("nonlocal").block == 1
+    assert columns.default_block("zoo_se", 2) == 1  # channel attention: no best block
+    assert columns.default_block("seresnet50", 16) == 15
 
 
 @pytest.mark.parametrize(
@@ -557,34 +552,85 @@ def test_default_block_is_the_card_s_best_for_the_zoo_and_the_last_otherwise(
     ],
     ids=["x-y", "list", "dict", "typed-array"],
 )
-def test_point_of_click_reads_every_shape_plotly_sends(compare_page: ModuleType, event: dict) -> None:
+def test_point_of_click_reads_every_shape_plotly_sends(event: dict) -> None:
     """A click on the query picker (Plotly 6 sends customdata in other shapes than a list)."""
-    assert compare_page.point_of_click(event) == (7.5, 23.5)
+    assert clicks.point_of_click(event) == (7.5, 23.5)
 
 
-def test_point_of_click_without_a_point(compare_page: ModuleType) -> None:
-    assert compare_page.point_of_click(None) is None
-    assert compare_page.point_of_click({"selection": {"points": []}}) is None
+def test_point_of_click_without_a_point() -> None:
+    assert clicks.point_of_click(None) is None
+    assert clicks.point_of_click({"selection": {"points": []}}) is None
     assert (
-        compare_page.point_of_click(
-            {"selection": {"points": [{"customdata": {"dtype": "f8", "bdata": "!"}}]}}
-        )
+        clicks.point_of_click({"selection": {"points": [{"customdata": {"dtype": "f8", "bdata": "!"}}]}})
         is None
     )
 
 
-def test_channel_csv(compare_page: ModuleType) -> None:
+def test_channel_csv_is_the_export_bundle_s_table() -> None:
+    """A block's channel weights download with the columns of the bundle's channel_weights.csv."""
     gate = attnviz.ChannelWeights("layer1.0.se", "se", np.array([0.25, 0.5, 1.0], np.float32), 0)
-    assert compare_page.channel_csv(gate).decode() == "channel,gate\n0,0.25\n1,0.5\n2,1.0\n"
+    assert downloads.channel_csv(gate).decode() == (
+        "block,layer,kind,path,c0,c1,c2\n0,layer1.0.se,se,gate,0.25,0.5,1.0\n"
+    )
     paths = attnviz.ChannelWeights(
         "layer1.0.attn", "sk", np.array([[0.75, 0.5], [0.25, 0.5]]), 1, path_labels=("3x3", "5x5")
     )
-    assert compare_page.channel_csv(paths).decode() == "channel,3x3,5x5\n0,0.75,0.25\n1,0.5,0.5\n"
+    assert downloads.channel_csv(paths).decode() == (
+        "block,layer,kind,path,c0,c1\n1,layer1.0.attn,sk,3x3,0.75,0.5\n1,layer1.0.attn,sk,5x5,0.25,0.5\n"
+    )
+    unlabelled = attnviz.ChannelWeights("layer2.0.attn", "sk", np.array([[0.5], [0.5]]), 2)
+    assert [row.split(",")[3] for row in downloads.channel_csv(unlabelled).decode().splitlines()[1:]] == [
+        "path 0",
+        "path 1",
+    ]
+    # each block's rows are that block's rows of the channel_weights.csv in the ZIP
+    analysis = attnviz.Analysis("m", "random", True, np.zeros((16, 16, 3), np.uint8), (), (gate, paths))
+    data = downloads.bundle_zip([("x.png", analysis)], "jet", 0.5, "absolute")
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        bundle = zf.read("x/m/channel_weights.csv").decode().splitlines()
+    assert bundle[0].startswith("block,layer,kind,path,c0,")
+    assert downloads.channel_csv(gate).decode().splitlines()[1:] == bundle[1:2]
+    assert downloads.channel_csv(paths).decode().splitlines()[1:] == bundle[2:]
 
 
-def test_upload_key_depends_on_content_only(compare_page: ModuleType) -> None:
-    assert compare_page.upload_key(b"abc") == compare_page.upload_key(b"abc")
-    assert compare_page.upload_key(b"abc") != compare_page.upload_key(b"abd")
+def test_top5_csv() -> None:
+    top5 = (attnviz.Prediction(3, "tabby", 0.75), attnviz.Prediction(1, "lynx, catamount", 0.125))
+    analysis = attnviz.Analysis("m", "random", True, np.zeros((4, 4, 3), np.uint8), top5)
+    assert downloads.top5_csv(analysis).decode() == (
+        'rank,class,label,probability\n1,3,tabby,0.75\n2,1,"lynx, catamount",0.125\n'
+    )
+
+
+def test_run_model_turns_every_failure_into_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, fresh_model_cache: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The helper the Compare page, the Scene lab and the Modules page share to run a model."""
+    log = logging.getLogger("attnviz.app.test")
+
+    def broken(name, **kwargs):
+        raise RuntimeError("internal detail")
+
+    monkeypatch.setattr(attnviz, "load_model", broken)
+    with caplog.at_level(logging.WARNING, logger="attnviz.app.test"):
+        failure = runner.run_model("zoo_cbam", "random", "cpu", [], log, "analysing the scene with {model}")
+    assert failure == runner.Failure("zoo_cbam failed unexpectedly; the details are in the server log.")
+    assert "analysing the scene with zoo_cbam failed" in caplog.text and "internal detail" in caplog.text
+
+    missing = attnviz.WeightsUnavailableError(
+        "no weights file", weights_file="w", expected_path="/nowhere", summary="Not here.", details=("at /x",)
+    )
+
+    def unavailable(name, **kwargs):
+        raise missing
+
+    monkeypatch.setattr(attnviz, "load_model", unavailable)
+    failure = runner.run_model("zoo_cbam", "random", "cpu", [], log, "analysing the scene with {model}")
+    assert failure == runner.Failure("Not here.", ("at /x", "no weights file"), weights_hint=True)
+
+
+def test_upload_key_depends_on_content_only() -> None:
+    assert state.upload_key(b"abc") == state.upload_key(b"abc")
+    assert state.upload_key(b"abc") != state.upload_key(b"abd")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -714,11 +760,27 @@ def test_every_transformer_is_browsable_in_the_app(model: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_model_loaded_by_one_session_serves_the_next() -> None:
-    """The shared model cache replays nothing: a second session gets the first one's model, and the
-    progress bar the first session drew while loading is not replayed into the second's page."""
+def test_a_model_loaded_by_one_session_serves_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared model cache replays nothing: the model is loaded once, by the first session, whose
+    page alone gets the loading messages; the second session runs on the same model object and its
+    page shows only its own run's progress bar."""
     st.cache_resource.clear()
-    sessions = []
+    loads: list[attnviz.LoadedModel] = []
+    messages: list[tuple[int, str]] = []  # (session, progress message) as the loader reports them
+    real_load = attnviz.load_model
+
+    def counting_load(name: str, **kwargs: object) -> attnviz.LoadedModel:
+        page_progress = kwargs.pop("progress")
+
+        def progress(message: str, fraction: float | None) -> None:
+            messages.append((len(sessions), message))
+            page_progress(message, fraction)  # type: ignore[operator]
+
+        loads.append(real_load(name, progress=progress, **kwargs))  # type: ignore[arg-type]
+        return loads[-1]
+
+    monkeypatch.setattr(attnviz, "load_model", counting_load)
+    sessions: list[AppTest] = []
     for _ in range(2):
         at = open_app()
         choose(at, ["deit_tiny_patch16_224"])
@@ -726,10 +788,17 @@ def test_a_model_loaded_by_one_session_serves_the_next() -> None:
         assert not at.exception, at.exception
         assert not at.error, [e.value for e in at.error]
         sessions.append(at)
+    assert len(loads) == 1 and loads[0].name == "deit_tiny_patch16_224"
+    assert messages and {session for session, _ in messages} == {0}  # only while the first one ran
+    assert any(m.startswith("Building deit_tiny_patch16_224") for _, m in messages)
+    for at in sessions:  # each page: its own run's bar, finished; no loader's bar replayed
+        assert [(e.proto.value, e.proto.text) for e in at.get("progress")] == [(100, "Done")]
+    results = [next(iter(at.session_state["compare_results"].values())) for at in sessions]
+    assert [r.model for r in results] == ["deit_tiny_patch16_224"] * 2
+    np.testing.assert_array_equal(results[0].token_attention[0].values, results[1].token_attention[0].values)
     import ui
 
-    [model] = ui._model_cache().models.values()
-    assert model.name == "deit_tiny_patch16_224"
+    assert list(ui._model_cache().models.values()) == [loads[0]]  # the one object both sessions used
 
 
 @pytest.mark.slow
@@ -768,12 +837,38 @@ def test_deformable_detr_detections_and_decoder_queries_in_the_app() -> None:
     # the deformable section: DETR first; its last layer is a decoder layer
     at.select_slider(key=f"compare_deform_layer_{len(records)}").set_value(len(records) - 1).run()
     assert not at.exception, at.exception
-    det = analysis.detections
+    # the stored result gets known detections (random weights detect whatever they detect), so that
+    # both paths are certain: with objects, the detected object picks the query; without, the sliders
+    key = next(k for k in at.session_state["compare_results"] if k[1] == "deformable_detr")
+    kept = tuple(r for r in analysis.records if not isinstance(r, Detections))
+
+    def detected(labels: tuple[str, ...], scores: list[float], queries: list[int]) -> Detections:
+        boxes = np.tile(np.array([[10, 20, 110, 140]], np.float32), (len(labels), 1))
+        return Detections("class_embed.5", boxes, np.array(scores, np.float32),
+                          np.arange(len(labels)), labels, np.array(queries, np.int64))  # fmt: skip
+
+    found = detected(("cat", "dog"), [0.9, 0.6], [7, 3])
+    at.session_state["compare_results"][key] = dataclasses.replace(analysis, records=(*kept, found))
+    at.run()
+    assert not at.exception, at.exception
+    picker = at.selectbox(key="compare_deform_object")
+    assert picker.options == ["cat (90%), query 7", "dog (60%), query 3"]
     [query] = [t for t in markdown_texts(at) if t.startswith("**Query")]
-    if len(det.labels):  # a detected object picks the query
-        assert query.startswith(f"**Query {int(det.query_index[0])}**")
-        assert at.selectbox(key="compare_deform_object").options[0].startswith(det.labels[0])
-    assert "8 heads × 16 points" in query and "decoder.layers.5" in query
+    assert query.startswith("**Query 7**") and "8 heads × 16 points" in query and "decoder.layers.5" in query
+    picker.set_value(1).run()
+    [query] = [t for t in markdown_texts(at) if t.startswith("**Query")]
+    assert query.startswith("**Query 3**")
+    nothing = detected((), [], [])
+    at.session_state["compare_results"][key] = dataclasses.replace(analysis, records=(*kept, nothing))
+    at.run()
+    at.slider(key="compare_deform_y").set_value(100)
+    at.slider(key="compare_deform_x").set_value(200).run()
+    assert not [s for s in at.selectbox if s.key == "compare_deform_object"]
+    [query] = [t for t in markdown_texts(at) if t.startswith("**Query")]
+    decoder = records[-1]
+    assert query.startswith(
+        f"**Query {deformable.nearest_query(decoder, (100, 200), analysis.input_image.shape[:2])}**"
+    )
     # an encoder layer: the query comes from the pixel sliders
     at.select_slider(key=f"compare_deform_layer_{len(records)}").set_value(0).run()
     at.slider(key="compare_deform_y").set_value(100)
@@ -785,7 +880,7 @@ def test_deformable_detr_detections_and_decoder_queries_in_the_app() -> None:
     )
 
 
-def test_stored_results_are_trimmed_by_bytes_keeping_the_current_run(compare_page: ModuleType) -> None:
+def test_stored_results_are_trimmed_by_bytes_keeping_the_current_run() -> None:
     def result(mb: int) -> attnviz.Analysis:
         image = np.zeros((mb * 512, 683, 3), np.uint8)  # ~1 MB per 512 rows
         return attnviz.Analysis("m", "random", True, image, ())
@@ -793,9 +888,9 @@ def test_stored_results_are_trimmed_by_bytes_keeping_the_current_run(compare_pag
     store = {f"old{i}": result(2) for i in range(4)} | {"current": result(3)}
     sizes = {k: a.nbytes for k, a in store.items()}
     assert sizes["current"] == 3 * 512 * 683 * 3
-    compare_page._trim_bytes(store, sizes["current"] + 2 * sizes["old0"], keep=["current"])
+    state.trim_bytes(store, sizes["current"] + 2 * sizes["old0"], keep=["current"])
     assert list(store) == ["old2", "old3", "current"]  # the oldest go first
-    compare_page._trim_bytes(store, 1, keep=["current"])
+    state.trim_bytes(store, 1, keep=["current"])
     assert list(store) == ["current"]  # never the current run's
 
 

@@ -7,15 +7,11 @@ tests that run every zoo model are marked ``slow``.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import streamlit as st
-from conftest import load_page
 from streamlit.testing.v1 import AppTest
 from test_app import TIMEOUT, UNTRAINED, model_column, open_app, plain  # noqa: F401
 
@@ -27,19 +23,11 @@ from attnviz.layers.zoo_net import ZOO_KINDS, zoo_name
 from attnviz.views.maps import AttentionMap
 from attnviz.workflows.scenes import CLASSES
 from attnviz.workflows.teaching import INSERTION_PATTERNS, MODULE_GUIDE
+from ui import leaderboard, scene
+from ui import maps as ui_maps
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO_MODELS = [zoo_name(kind) for kind in ZOO_KINDS]
-
-
-@pytest.fixture(scope="module")
-def scene_page() -> Iterator[ModuleType]:
-    yield from load_page("scene")
-
-
-@pytest.fixture(scope="module")
-def leaderboard_page() -> Iterator[ModuleType]:
-    yield from load_page("leaderboard")
 
 
 def open_page(page: str) -> AppTest:
@@ -208,31 +196,30 @@ def test_scene_page_without_committed_weights_names_the_file(
     assert any("own trained weights" in c.value for c in at.caption)  # says which weights
 
 
-def test_pick_maps(scene_page: ModuleType) -> None:
+def test_pick_maps() -> None:
     def amap(block: int) -> AttentionMap:
         return AttentionMap(f"l{block}", "k", block, np.ones((2, 2)), "")
 
     maps = [amap(0), amap(1), amap(2), amap(-1)]
-    assert [m.block for m in scene_page.pick_maps(maps, "best", True, best=1)] == [1, -1]
-    assert [m.block for m in scene_page.pick_maps(maps, "best", False, best=None)] == [2]  # no card: last
-    assert [m.block for m in scene_page.pick_maps(maps, "last", True)] == [2, -1]
-    assert [m.block for m in scene_page.pick_maps(maps, "first", False)] == [0]
-    assert [m.block for m in scene_page.pick_maps(maps, "all", True)] == [0, 1, 2, -1]
-    assert [m.block for m in scene_page.pick_maps([amap(-1)], "last", True)] == [-1]
+    assert [m.block for m in scene.pick_maps(maps, "best", True, best=1)] == [1, -1]
+    assert [m.block for m in scene.pick_maps(maps, "best", False, best=None)] == [2]  # no card: last
+    assert [m.block for m in scene.pick_maps(maps, "last", True)] == [2, -1]
+    assert [m.block for m in scene.pick_maps(maps, "first", False)] == [0]
+    assert [m.block for m in scene.pick_maps(maps, "all", True)] == [0, 1, 2, -1]
+    assert [m.block for m in scene.pick_maps([amap(-1)], "last", True)] == [-1]
 
 
-def test_boxed_map_is_enlarged_with_the_box_and_its_colour_bar(scene_page: ModuleType) -> None:
-    maps = sys.modules[scene_page.boxed_map.__module__]  # ui.maps, as the page imported it
+def test_boxed_map_is_enlarged_with_the_box_and_its_colour_bar() -> None:
     image = np.zeros((96, 96, 3), np.uint8)
     heat = np.random.default_rng(0).random((6, 6))
-    out = np.asarray(scene_page.boxed_map(image, (10, 20, 30, 40), heat, cmap="jet", alpha=0.5))
+    out = np.asarray(ui_maps.boxed_map(image, (10, 20, 30, 40), heat, cmap="jet", alpha=0.5))
     scale = 5  # the zoo's 96 px enlarged by a whole factor to at least DISPLAY_WIDTH (448)
-    assert maps.DISPLAY_WIDTH == 448
+    assert ui_maps.DISPLAY_WIDTH == 448
     assert out.shape == (96 * scale, 96 * scale, 3)
     # the outline lies just outside the scaled box
-    assert tuple(out[10 * scale - 1, 30 * scale]) == maps.BOX_COLOUR
-    assert tuple(out[20 * scale, 40 * scale]) == maps.BOX_COLOUR
-    with_bar = np.asarray(scene_page.boxed_map(image, (10, 20, 30, 40), heat, map_scale(heat, GATE)))
+    assert tuple(out[10 * scale - 1, 30 * scale]) == ui_maps.BOX_COLOUR
+    assert tuple(out[20 * scale, 40 * scale]) == ui_maps.BOX_COLOUR
+    with_bar = np.asarray(ui_maps.boxed_map(image, (10, 20, 30, 40), heat, map_scale(heat, GATE)))
     assert with_bar.shape[1] == 96 * scale and with_bar.shape[0] > 96 * scale + 30  # the strip below
     # the overlay under the box is the gate on its natural range, as render.overlay draws it
     expected = render.overlay(render.enlarge(image, 448), heat, value_range=(0.0, 1.0))
@@ -291,13 +278,13 @@ def test_leaderboard_with_a_trained_but_unscored_card(monkeypatch: pytest.Monkey
     assert any("zoo eval" in i.value for i in at.info)
 
 
-def test_leaderboard_helpers(leaderboard_page: ModuleType) -> None:
-    rows = leaderboard_page.leaderboard_rows(FAKE_CARDS)
+def test_leaderboard_helpers() -> None:
+    rows = leaderboard.leaderboard_rows(FAKE_CARDS)
     assert [r["model"] for r in rows] == ["zoo_cbam"] * 3 + ["zoo_gc"] * 2 + ["zoo_none"]
     assert rows[0]["accuracy"] == 0.9 and rows[0]["n"] == 1000
-    only = leaderboard_page.filter_rows(rows, ["cbam", "none"], gradcam=False)
+    only = leaderboard.filter_rows(rows, ["cbam", "none"], gradcam=False)
     assert [r["map"] for r in only] == ["block 0 · attn2 (cbam_spatial)", "block 1 · attn3 (cbam_spatial)"]
-    fig = leaderboard_page.metric_figure(rows, "energy ratio", 1.0, "uniform", "t")
+    fig = leaderboard.metric_figure(rows, "energy ratio", 1.0, "uniform", "t")
     assert list(fig.data[0].x) == sorted(r["energy ratio"] for r in rows)  # best on top
     assert fig.layout.shapes[0].x0 == 1.0
 

@@ -606,8 +606,10 @@ def test_every_download(page: Any, out_dir: Path) -> None:
         elif label == "Top-5 (CSV)":
             rows = list(csv.reader(io.StringIO(data.decode())))
             assert rows[0] == ["rank", "class", "label", "probability"] and len(rows) == 6
-        elif label == "Channel weights (CSV)":
-            assert data.decode().startswith("channel,gate\n")
+        elif label == "Channel weights (CSV)":  # the export bundle's table, that block's rows
+            rows = list(csv.reader(io.StringIO(data.decode())))
+            assert rows[0][:5] == ["block", "layer", "kind", "path", "c0"] and len(rows) >= 2, rows[:2]
+            assert all(len(row) == len(rows[0]) for row in rows[1:]), rows
         else:
             assert label.startswith("Download everything (ZIP, 3 result(s))"), label
             with zipfile.ZipFile(io.BytesIO(data)) as zf:

@@ -1,6 +1,9 @@
-"""Streamlit helpers shared by the pages: the sidebar's settings, the shared model cache and
-per-session stores; :mod:`ui.maps` draws heat maps with their colour bars, :mod:`ui.picker` the
-grouped model picker and the weights each model runs with.
+"""Streamlit helpers shared by the pages: the shared model cache, per-session stores and compact
+charts; :mod:`ui.sidebar` holds the sidebar's settings (re-exported here), :mod:`ui.maps` draws heat
+maps with their colour bars, :mod:`ui.picker` the grouped model picker and the weights each model
+runs with, :mod:`ui.runner` runs a model and reports its failure. Each page's logic lives in its own
+module (:mod:`ui.compare`, :mod:`ui.scene`, :mod:`ui.modules`, :mod:`ui.leaderboard`), so that tests
+import it without loading a page file.
 
 Pages import this package (it lives next to ``app.py``, outside ``pages/``, which holds only page
 scripts). Like the pages, it never touches hooks: models are only run through
@@ -12,10 +15,15 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
 import attnviz
+from ui.sidebar import ALPHA_KEY, CMAP_KEY, COLORMAPS, DEVICE_KEY, Settings, settings
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 __all__ = [
     "ALPHA_KEY",
@@ -24,38 +32,11 @@ __all__ = [
     "DEVICE_KEY",
     "Settings",
     "cached_model",
+    "compact",
     "require_app",
     "settings",
     "store",
 ]
-
-# The sidebar's session-state keys: app.py draws the widgets, the pages read them through settings().
-DEVICE_KEY = "sidebar_device"
-CMAP_KEY = "sidebar_cmap"
-ALPHA_KEY = "sidebar_alpha"
-
-# Overlay colormaps offered in the sidebar (names in ``matplotlib.colormaps``).
-COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "plasma")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The sidebar's settings (written by app.py), with defaults when a page runs alone."""
-
-    device: str
-    cmap: str
-    alpha: float
-
-
-def settings() -> Settings:
-    """The current sidebar settings."""
-    state = st.session_state
-    return Settings(
-        device=str(state.get(DEVICE_KEY, "auto")),
-        cmap=str(state.get(CMAP_KEY, COLORMAPS[0])),
-        alpha=float(state.get(ALPHA_KEY, 0.5)),
-    )
-
 
 # Models kept in the shared cache at most; the least recently used one goes first.
 MAX_MODELS = 32
@@ -130,3 +111,9 @@ def require_app() -> None:
     """
     if DEVICE_KEY not in st.session_state:
         st.switch_page("app.py")
+
+
+def compact(fig: go.Figure, height: int, top: int = 40, bottom: int = 10) -> go.Figure:
+    """``fig`` with the given height and narrow margins (the charts of one row line up)."""
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": top, "b": bottom})
+    return fig

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import streamlit as st
@@ -119,7 +120,7 @@ def show_map(
     alpha: float,
     caption: str,
     *,
-    width: int | str = "stretch",
+    width: int | Literal["stretch", "content"] = "stretch",
     min_width: int = DISPLAY_WIDTH,
 ) -> None:
     """Draw a heat map with its colour bar; the caption ends with the values' range and the scale."""
