@@ -1,4 +1,4 @@
-"""CSV tables of an analysis, as the export bundle writes them (``channel_weights.csv``).
+"""CSV tables of an analysis: the export bundle's (``channel_weights.csv``) and the app's downloads.
 
 The functions return the file's bytes (UTF-8, ``\\n`` line ends), so that the exporter
 (:mod:`attnviz.io.export`) and the app's downloads give the same table. Values are written with
@@ -11,9 +11,9 @@ import csv
 import io
 from collections.abc import Sequence
 
-from attnviz.core.records import ChannelWeights
+from attnviz.core.records import Analysis, ChannelWeights
 
-__all__ = ["channel_path_names", "channel_weights_csv"]
+__all__ = ["channel_path_names", "channel_weights_csv", "top5_csv"]
 
 
 def channel_path_names(cw: ChannelWeights) -> list[str]:
@@ -63,4 +63,21 @@ def channel_weights_csv(records: ChannelWeights | Sequence[ChannelWeights]) -> b
         rows = cw.values if cw.multipath else cw.values[None, :]
         for path, row in zip(channel_path_names(cw), rows, strict=True):
             writer.writerow([cw.block, cw.layer, cw.kind, path, *(repr(float(v)) for v in row)])
+    return buf.getvalue().encode("utf-8")
+
+
+def top5_csv(analysis: Analysis) -> bytes:
+    """The top-5 predictions as CSV: ``rank,class,label,probability``, one row per prediction.
+
+    Args:
+        analysis: a classifier's analysis (a detector's or DINO's has no predictions: header only).
+
+    Returns:
+        The file's bytes; probabilities written with ``repr``, exactly.
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["rank", "class", "label", "probability"])
+    for rank, p in enumerate(analysis.top5, start=1):
+        writer.writerow([rank, p.index, p.label, repr(p.probability)])
     return buf.getvalue().encode("utf-8")
