@@ -3,7 +3,7 @@
 Each entry is ``Case(name, data, expect)``: ``expect`` is ``None`` for odd but valid images that
 must load (with the fact ``check`` verifies on the loaded RGB image), or a regular expression that
 the one user-facing message must match. Used by the library, CLI and app tests of
-``tests/test_hostile.py``.
+``tests/io/test_hostile.py``.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ _ENTRIES = (
           "DeiT-Tiny distilled: class and distillation tokens, averaged at inference",
           "blocks.11.norm1", "tokens"),
     Entry("vit_small_patch16_224.dino", ("vit",), (224, 224),
-          "DINO ViT-S/16: self-supervised features, no classifier (attention only)", ""),
+          "DINO ViT-S/16: self-supervised features, no classifier (attention only)", "", "tokens"),
     Entry("vit_small_patch14_reg4_dinov2", ("vit",), (224, 224),
           "DINOv2 ViT-S/14 with 4 register tokens, run at 224 px; no classifier", "", "tokens",
           (("img_size", 224),)),

@@ -81,7 +81,7 @@ def _letter_h() -> np.ndarray:
 
 
 #: Class name -> its contours (outline first, then holes), before normalisation. Listed in the
-#: order of CLASSES (the zoo's logits); tests/test_scenes.py checks that it is.
+#: order of CLASSES (the zoo's logits); tests/workflows/test_scenes.py checks that it is.
 SHAPE_CONTOURS: dict[str, list[np.ndarray]] = {
     "circle": [_regular(96)],
     "square": [np.array([(-1, -1), (1, -1), (1, 1), (-1, 1)], dtype=float)],

@@ -17,7 +17,7 @@ from PIL import Image
 from attnviz import list_models
 from attnviz.cli import MAX_IMAGES, MAX_MODELS, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = {
     "mobilenet_v3_large",
     "efficientnet_b0",

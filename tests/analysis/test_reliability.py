@@ -25,7 +25,7 @@ from attnviz.cli import main
 from attnviz.core.errors import GPUMemoryError
 from attnviz.workflows import pipeline
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SIZES = [(240, 320), (300, 260), (200, 200), (256, 320), (320, 240), (224, 280)]
 
@@ -432,7 +432,7 @@ def test_a_fallback_note_reaches_the_export_and_the_app(monkeypatch: pytest.Monk
     assert summary["results"][0]["notes"] == [note]
 
     monkeypatch.setattr(attnviz, "analyze", noted)
-    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=180)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=180)
     at.run()
     at.pills(key="compare_models_zoo").set_value(["zoo_cbam"]).run()
     at.button(key="compare_run").click().run()

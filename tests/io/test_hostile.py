@@ -20,7 +20,7 @@ from attnviz.cli import main
 CASES = cases()
 REFUSED = [c for c in CASES if c.expect is not None]
 VALID = [c for c in CASES if c.expect is None]
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 def _id(case: Case) -> str:

@@ -26,7 +26,7 @@ from attnviz.workflows.teaching import INSERTION_PATTERNS, MODULE_GUIDE
 from ui import leaderboard, scene
 from ui import maps as ui_maps
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ZOO_MODELS = [zoo_name(kind) for kind in ZOO_KINDS]
 
 

@@ -38,7 +38,7 @@ from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 SAMPLE = ROOT / "assets" / "samples" / "cat.jpg"
 ZOO, DEFORMABLE, TRANSFORMER = "zoo_cbam", "zoo_deform", "deit_tiny_patch16_224"

@@ -32,7 +32,7 @@ from attnviz.workflows.scenes import CLASSES
 from ui import runner
 from ui.compare import clicks, columns, downloads, state
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
 # The first run imports torch, timm and plotly: far beyond AppTest's default of 3 s on 2 cores.
 TIMEOUT = 180
