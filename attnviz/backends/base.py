@@ -11,16 +11,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
 
 from attnviz.capture import Tap
-from attnviz.core.errors import WeightsUnavailableError
+from attnviz.core.errors import CheckpointError, WeightsUnavailableError
 
 __all__ = [
     "MODEL_GROUPS",
@@ -31,6 +33,8 @@ __all__ = [
     "ModelSpec",
     "ProgressFn",
     "WeightsLocation",
+    "explained_download",
+    "hub_missing_weights",
     "missing_weights_error",
     "report",
 ]
@@ -300,3 +304,34 @@ def missing_weights_error(
         summary=summary,
         details=(*details, *why),
     )
+
+
+def hub_missing_weights(
+    name: str, where: WeightsLocation, cause: BaseException, how: str, *, source: str = "", **kwargs: Any
+) -> WeightsUnavailableError:
+    """The error for a hub model whose weights are neither cached nor downloadable (torch hub,
+    Hugging Face): the same summary for every hub, ``how`` says where the file goes, ``source``
+    what is missing when it is more than the file (a Hugging Face repo)."""
+    return missing_weights_error(
+        missing=f"Pretrained weights for {name} ({source or where.filename}) are not cached and could not be "
+        f"downloaded ({type(cause).__name__})",
+        how=how,
+        summary=f"The pretrained weights of {name} are not on this machine and could not be downloaded: "
+        "copy them in from a connected machine (the Models page shows where they go).",
+        filename=where.filename,
+        path=where.path,
+        cause=cause,
+        **kwargs,
+    )
+
+
+@contextmanager
+def explained_download(backend: Backend, entry: Entry, where: WeightsLocation) -> Iterator[None]:
+    """Turn a failed download inside the block into ``backend``'s missing-weights error (a file that
+    arrived but does not match its hash stays a :class:`CheckpointError`)."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError) as err:  # URLError and socket errors are OSErrors
+        raise backend.missing_weights(entry, where, err) from err

@@ -12,11 +12,11 @@ from attnviz.backends.base import (
     Entry,
     ProgressFn,
     WeightsLocation,
-    missing_weights_error,
+    explained_download,
+    hub_missing_weights,
     report,
 )
 from attnviz.backends.weights import cached_hf_file, check_reachable, hf_cache_dir, hf_filenames
-from attnviz.core.errors import CheckpointError
 
 __all__ = ["BACKEND"]
 
@@ -80,23 +80,17 @@ class TimmBackend(Backend):
 
     def missing_weights(self, entry: Entry, where: WeightsLocation, cause: BaseException):
         cfg = _cfg(entry.name)
-        return missing_weights_error(
-            missing=f"Pretrained weights for {entry.name} ({where.filename}) are not cached and could not "
-            f"be downloaded ({type(cause).__name__})",
-            how=f"download the Hugging Face repo {cfg.hf_hub_id} into the HF cache ({hf_cache_dir()}, "
-            f"e.g. `hf download {cfg.hf_hub_id}` on a connected machine, then copy the cache)",
-            summary=f"The pretrained weights of {entry.name} are not on this machine and could not be "
-            "downloaded: copy them in from a connected machine (the Models page shows where they go).",
-            filename=where.filename,
-            path=where.path,
-            cause=cause,
+        how = (
+            f"download the Hugging Face repo {cfg.hf_hub_id} into the HF cache ({hf_cache_dir()}, "
+            f"e.g. `hf download {cfg.hf_hub_id}` on a connected machine, then copy the cache)"
         )
+        return hub_missing_weights(entry.name, where, cause, how)
 
     def fetch(self, entry: Entry, progress: ProgressFn | None) -> Path:
         where = self.weights_location(entry)
         if where.present:
             return where.path
-        try:
+        with explained_download(self, entry, where):
             from huggingface_hub import constants, hf_hub_download
 
             if constants.HF_HUB_OFFLINE:
@@ -104,11 +98,8 @@ class TimmBackend(Backend):
             check_reachable(constants.ENDPOINT)
             cfg = _cfg(entry.name)
             report(progress, f"Downloading {cfg.hf_hub_id}/{where.filename} from the Hugging Face hub", None)
-            return Path(hf_hub_download(cfg.hf_hub_id, where.filename))
-        except CheckpointError:
-            raise
-        except (OSError, ValueError, RuntimeError) as err:
-            raise self.missing_weights(entry, where, err) from err
+            fetched = Path(hf_hub_download(cfg.hf_hub_id, where.filename))
+        return fetched
 
     def build(self, entry: Entry, pretrained_file: Path | None) -> Built:
         import timm

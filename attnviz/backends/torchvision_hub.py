@@ -17,10 +17,10 @@ from attnviz.backends.base import (
     Entry,
     ProgressFn,
     WeightsLocation,
-    missing_weights_error,
+    explained_download,
+    hub_missing_weights,
 )
 from attnviz.backends.weights import check_reachable, download
-from attnviz.core.errors import CheckpointError
 
 __all__ = ["BACKEND"]
 
@@ -60,29 +60,17 @@ class TorchvisionBackend(Backend):
         return WeightsLocation(filename, path, path.is_file())
 
     def missing_weights(self, entry: Entry, where: WeightsLocation, cause: BaseException):
-        return missing_weights_error(
-            missing=f"Pretrained weights for {entry.name} ({where.filename}) are not cached and could not "
-            f"be downloaded ({type(cause).__name__})",
-            how=f"put {where.filename} at {where.path} (torch hub cache: $TORCH_HOME/hub/checkpoints/)",
-            summary=f"The pretrained weights of {entry.name} are not on this machine and could not be "
-            "downloaded: copy them in from a connected machine (the Models page shows where they go).",
-            filename=where.filename,
-            path=where.path,
-            cause=cause,
-        )
+        how = f"put {where.filename} at {where.path} (torch hub cache: $TORCH_HOME/hub/checkpoints/)"
+        return hub_missing_weights(entry.name, where, cause, how)
 
     def fetch(self, entry: Entry, progress: ProgressFn | None) -> Path:
         where = self.weights_location(entry)
         if where.present:
             return where.path
         url = _weights(entry.name).url
-        try:
+        with explained_download(self, entry, where):
             check_reachable(url)
             download(url, where.path, progress)
-        except CheckpointError:
-            raise  # a download that does not match its hash
-        except (OSError, ValueError, RuntimeError) as err:  # URLError and socket errors are OSErrors
-            raise self.missing_weights(entry, where, err) from err
         return where.path
 
     def build(self, entry: Entry, pretrained_file: Path | None) -> Built:

@@ -31,6 +31,7 @@ from attnviz.backends.base import (
     ModelSpec,
     ProgressFn,
     WeightsLocation,
+    hub_missing_weights,
     missing_weights_error,
     report,
 )
@@ -301,19 +302,15 @@ def _load(
                 report(progress, f"Downloading {HUB_REPO} from the Hugging Face hub", None)
                 folder = Path(snapshot_download(HUB_REPO, allow_patterns=["*.json", "*.safetensors"]))
             except (OSError, ValueError, RuntimeError) as err:
-                raise missing_weights_error(
-                    missing=f"Pretrained weights for {entry.name} ({HUB_REPO}) are not cached and could "
-                    f"not be downloaded ({type(err).__name__})",
-                    how=f"download the Hugging Face repo {HUB_REPO} on a connected machine (`hf download "
+                raise hub_missing_weights(
+                    entry.name,
+                    where,
+                    err,
+                    f"download the Hugging Face repo {HUB_REPO} on a connected machine (`hf download "
                     f"{HUB_REPO}`) and copy the cache ({hf_cache_dir()})",
+                    source=HUB_REPO,
                     alternatives="or pass weights=<the snapshot folder with config.json and "
                     "model.safetensors>, or use weights='random'",
-                    summary=f"The pretrained weights of {entry.name} are not on this machine and could "
-                    "not be downloaded: copy them in from a connected machine (the Models page shows "
-                    "where they go).",
-                    filename=where.filename,
-                    path=where.path,
-                    cause=err,
                     details=(
                         f"Hugging Face repo: {HUB_REPO}",
                         f"goes to: {hf_cache_dir()}",
