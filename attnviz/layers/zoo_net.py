@@ -36,6 +36,7 @@ __all__ = [
     "Residual",
     "ZooNet",
     "build_zoo_model",
+    "conv_bn_act",
     "zoo_name",
 ]
 
@@ -78,7 +79,8 @@ def zoo_name(kind: str) -> str:
     return f"zoo_{kind}"
 
 
-def _conv_bn_act(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+def conv_bn_act(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """A 3x3 convolution, batch norm and ReLU: ``[B, cin, H, W]`` -> ``[B, cout, H/stride, W/stride]``."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
     )
@@ -133,11 +135,11 @@ class ZooNet(nn.Module):
         w0, w1, w2, w3 = WIDTHS
         self.kind = kind
         self.num_classes = num_classes
-        self.stem = _conv_bn_act(3, w0, 2)
-        self.stage1 = nn.Sequential(_conv_bn_act(w0, w1, 2), _conv_bn_act(w1, w1))
-        self.stage2 = nn.Sequential(_conv_bn_act(w1, w2, 2), _conv_bn_act(w2, w2))
+        self.stem = conv_bn_act(3, w0, 2)
+        self.stage1 = nn.Sequential(conv_bn_act(w0, w1, 2), conv_bn_act(w1, w1))
+        self.stage2 = nn.Sequential(conv_bn_act(w1, w2, 2), conv_bn_act(w2, w2))
         self.attn2 = _attention(kind, w2, input_size // 8)
-        self.stage3 = nn.Sequential(_conv_bn_act(w2, w3, 2), _conv_bn_act(w3, w3))
+        self.stage3 = nn.Sequential(conv_bn_act(w2, w3, 2), conv_bn_act(w3, w3))
         self.attn3 = _attention(kind, w3, input_size // 16)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(w3, num_classes)
