@@ -112,6 +112,13 @@ def wrap_module(
 
 
 @pytest.fixture(autouse=True)
+def private_user_models(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test sees an empty user-models folder of its own, never the real one in the home folder
+    (tests that save models set their own folder on top)."""
+    monkeypatch.setenv("ATTNVIZ_USER_MODELS", str(tmp_path_factory.mktemp("user_models")))
+
+
+@pytest.fixture(autouse=True)
 def navigation_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep AppTest from running a page file without app.py (Streamlit 1.67 AppTest quirk).
 

@@ -29,7 +29,7 @@ def analyze(
     images: Sequence[Image.Image | np.ndarray],
     *,
     gradcam: bool = True,
-    topk: int = 5,
+    topk: int | None = None,
     autocast: str | None = None,
 ) -> list[Analysis]:
     """Run ``images`` through ``model`` in one batched forward and capture every attention block.
@@ -39,7 +39,8 @@ def analyze(
         images: RGB PIL images (e.g. from :func:`attnviz.load_image`) or ``[H, W, 3]`` uint8 arrays.
         gradcam: also compute the Grad-CAM baseline for the top-1 class (one forward and
             backward more; the native maps need neither).
-        topk: how many predictions to keep. Models without a classifier (DINO, DINOv2) give no
+        topk: how many predictions to keep; None (default): 5, or every class of a model with
+            fewer (a playground model may have 2). Models without a classifier (DINO, DINOv2) give no
             predictions and no Grad-CAM, only their attention.
         autocast: ``"bf16"`` or ``"fp16"`` runs the forward under ``torch.autocast`` (faster on a
             GPU; fp16 is for CUDA). Captured values are stored as float32; gates and attention rows
@@ -68,6 +69,8 @@ def analyze(
             raise TypeError(f"{model.name} is a detector without its DetrBundle")
         return analyze_detr(model.detector, list(images))
     n_classes = len(model.categories)
+    if topk is None:
+        topk = min(5, n_classes) if n_classes else 5
     if n_classes and not 1 <= topk <= n_classes:
         raise ValueError(f"topk must be in [1, {n_classes}], got {topk}")
     if autocast is not None and autocast not in AUTOCAST_DTYPES:

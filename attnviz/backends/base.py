@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,7 @@ ProgressFn = Callable[[str, float | None], None]
 
 MODEL_GROUPS: dict[str, str] = {
     "zoo": "Built-in zoo: small CNNs trained by attnviz on generated shapes",
+    "user": "Your models: trained in the Playground",
     "cnn": "ImageNet classifiers: CNNs with attention modules",
     "transformer": "ImageNet transformers and self-attention networks",
     "detector": "Detectors (COCO)",
@@ -63,9 +64,9 @@ class ModelSpec:
 
     Attributes:
         name: the name to pass to :func:`load_model`.
-        source: who defines it: ``"torchvision"``, ``"timm"``, ``"attnviz"`` (the built-in zoo) or
-            ``"official"`` (an architecture attnviz builds to load its authors' released checkpoint,
-            e.g. DAT-T).
+        source: who defines it: ``"torchvision"``, ``"timm"``, ``"attnviz"`` (the built-in zoo),
+            ``"user"`` (a playground network a person trained and saved) or ``"official"`` (an
+            architecture attnviz builds to load its authors' released checkpoint, e.g. DAT-T).
         attention: the attention kinds captured in it (empty for the baseline).
         input_size: (H, W) the model's preprocessing produces.
         pretrained_available: True when its pretrained weights are already in the local cache.
@@ -231,6 +232,11 @@ class Backend:
     def entries(self) -> Sequence[Entry]:
         """The models this backend builds, in the order a picker lists them."""
         raise NotImplementedError
+
+    def version(self) -> Hashable:
+        """What :meth:`entries` depends on besides the code (a folder's contents): the registry
+        lists the entries again whenever it changes. None (the default): a fixed list."""
+        return None
 
     def group(self, entry: Entry) -> str:
         """The :data:`MODEL_GROUPS` key of ``entry``: transformers apart from CNNs by default."""

@@ -13,6 +13,7 @@ import functools
 import importlib
 import os
 import pkgutil
+from collections.abc import Hashable
 from pathlib import Path
 
 import torch
@@ -39,9 +40,18 @@ def backends() -> tuple[Backend, ...]:
     return tuple(sorted(found, key=lambda b: b.order))
 
 
-@functools.cache
 def _catalogue() -> dict[str, tuple[Backend, Entry]]:
-    """name -> (backend, entry): by group, then by backend, a baseline without attention last."""
+    """name -> (backend, entry): by group, then by backend, the ImageNet baseline without attention last.
+
+    Listed again when a backend's :meth:`~attnviz.backends.base.Backend.version` changes (a model
+    saved into or deleted from the user-models folder), else cached.
+    """
+    return _catalogue_of(tuple(b.version() for b in backends()))
+
+
+@functools.lru_cache(maxsize=8)
+def _catalogue_of(versions: tuple[Hashable, ...]) -> dict[str, tuple[Backend, Entry]]:
+    """The catalogue for these backend versions (the argument is the cache key only)."""
     groups = list(MODEL_GROUPS)
     rows = [(b, e) for b in backends() for e in b.entries()]
     names = [e.name for _, e in rows]
@@ -49,7 +59,10 @@ def _catalogue() -> dict[str, tuple[Backend, Entry]]:
         raise RuntimeError(
             f"two backends list the same model name: {sorted(n for n in names if names.count(n) > 1)}"
         )
-    rows.sort(key=lambda r: (not r[1].attention and r[0].source != "attnviz", groups.index(r[0].group(r[1]))))
+    # the ImageNet baseline without attention closes the list; zoo and user models stay in their group
+    rows.sort(
+        key=lambda r: (not r[1].attention and r[0].group(r[1]) == "cnn", groups.index(r[0].group(r[1])))
+    )
     return {e.name: (b, e) for b, e in rows}
 
 
@@ -84,8 +97,9 @@ def list_models() -> list[ModelSpec]:
     """Every model attnviz can load, with whether its pretrained weights are cached locally.
 
     Returns:
-        One :class:`ModelSpec` per model: the zoo first, then ImageNet CNNs, transformers and
-        detectors, the baseline without attention last.
+        One :class:`ModelSpec` per model: the zoo first, then the models saved in the user-models
+        folder (:mod:`attnviz.backends.user_models`), ImageNet CNNs, transformers and detectors,
+        the baseline without attention last.
     """
     return [_spec(b, e) for b, e in _catalogue().values()]
 
@@ -102,14 +116,15 @@ def get_spec(name: str) -> ModelSpec:
 def default_weights(spec: ModelSpec) -> str:
     """The weights a page runs a model with unless the user asks otherwise.
 
-    The built-in zoo always has its trained weights (they ship with attnviz); other models use
+    The built-in zoo always has its trained weights (they ship with attnviz), and so has a model a
+    person trained and saved (its weights are its own file: a missing one is an error); other models use
     their pretrained weights when these are on this machine already, else random weights (the
     results then say that they are untrained). Nothing is downloaded to decide.
 
     Returns:
         ``"pretrained"`` or ``"random"``.
     """
-    return "pretrained" if spec.source == "attnviz" or spec.pretrained_available else "random"
+    return "pretrained" if spec.source in ("attnviz", "user") or spec.pretrained_available else "random"
 
 
 def load_model(

@@ -78,14 +78,16 @@ class Placement:
             raise ValueError(f"kind must be one of {', '.join(attention_kinds())}, got {self.kind!r}")
         if self.pattern not in PATTERNS:
             raise ValueError(f"pattern must be one of {', '.join(PATTERNS)}, got {self.pattern!r}")
-        if isinstance(self.stage, bool) or self.stage not in STAGES:
+        if not isinstance(self.stage, int) or isinstance(self.stage, bool) or self.stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(map(str, STAGES))}, got {self.stage!r}")
         if self.fuse not in FUSIONS:
             raise ValueError(f"fuse must be one of {', '.join(FUSIONS)}, got {self.fuse!r}")
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or not 1 <= self.depth <= 4:
             raise ValueError(f"depth must be an integer from 1 to 4, got {self.depth!r}")
         channels = STAGES[self.stage][0]
-        if self.heads not in (1, 2, 4, 8) or channels % self.heads:
+        if not isinstance(self.heads, int) or isinstance(self.heads, bool) or self.heads not in (1, 2, 4, 8):
+            raise ValueError(f"heads must be 1, 2, 4 or 8 and divide {channels} channels, got {self.heads!r}")
+        if channels % self.heads:
             raise ValueError(f"heads must be 1, 2, 4 or 8 and divide {channels} channels, got {self.heads!r}")
 
     @property
@@ -133,7 +135,12 @@ class PlaygroundNet(nn.Module):
             raise TypeError(f"placement must be a Placement, got {type(placement).__name__}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= 10:
             raise ValueError(f"num_classes must be an integer from 2 to 10, got {num_classes!r}")
-        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size % 16 or input_size < 32:
+        if (
+            isinstance(input_size, bool)
+            or not isinstance(input_size, int)
+            or input_size % 16
+            or input_size < 32
+        ):
             raise ValueError(f"input_size must be a multiple of 16 of at least 32, got {input_size!r}")
         self.placement = placement
         self.num_classes = num_classes

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 import attnviz
 from attnviz import backends as models
+from attnviz.layers.playground_net import Placement, PlaygroundNet
 from attnviz.layers.zoo_net import ZOO_KINDS
 
 ZOO = {
@@ -42,8 +43,10 @@ ZOO = {
 
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
-    """Empty weight caches and no network: every connection attempt fails at once."""
+    """Empty weight caches, an empty user-models folder and no network: every connection attempt fails
+    at once."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("ATTNVIZ_USER_MODELS", str(tmp_path / "user_models"))
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
@@ -146,18 +149,30 @@ def test_the_registry_lists_every_backend_s_models_once(offline):
     listed = [s.name for s in attnviz.list_models()]
     declared = [(b.source, e.name) for b in backends() for e in b.entries()]
     assert sorted(listed) == sorted(name for _, name in declared) and len(set(listed)) == len(listed)
-    assert {b.source for b in backends()} == {"attnviz", "torchvision", "timm", "official", "transformers"}
+    assert {b.source for b in backends()} == {
+        "attnviz",
+        "user",
+        "torchvision",
+        "timm",
+        "official",
+        "transformers",
+    }
     assert {s.name: s.source for s in attnviz.list_models()} == {n: src for src, n in declared}
     assert {f"zoo_{k}" for k in ZOO_KINDS} == {n for src, n in declared if src == "attnviz"}
 
 
 def test_models_are_grouped_and_say_what_they_were_trained_on(offline):
+    # a model a person trained and saved (its own group, after the zoo), a baseline one included
+    for name, kind in (("mine", "cbam"), ("plain", "none")):
+        models.save_user_model(name, PlaygroundNet(Placement(kind), num_classes=3), {"accuracy": 0.9})
     specs = attnviz.list_models()
-    assert list(models.MODEL_GROUPS) == ["zoo", "cnn", "transformer", "detector"]
+    assert list(models.MODEL_GROUPS) == ["zoo", "user", "cnn", "transformer", "detector"]
     # the groups follow from what each model is, never from a hand-kept list
     for s in specs:
         if s.source == "attnviz":
             expected = "zoo"
+        elif s.source == "user":
+            expected = "user"
         elif not s.gradcam_layer and s.source == "transformers":
             expected = "detector"
         elif TRANSFORMER_KINDS & set(s.attention):
@@ -170,13 +185,15 @@ def test_models_are_grouped_and_say_what_they_were_trained_on(offline):
     assert specs[-1].name == "resnet50" and not specs[-1].attention  # the baseline last
     assert all(g in groups for g in models.MODEL_GROUPS)
     zoo = {s.name for s in specs if s.group == "zoo"}
+    user = {s.name for s in specs if s.group == "user"}
+    assert user == {"user_mine", "user_plain"}
     trained_on = {s.name: s.trained_on for s in specs}
-    assert {n for n, t in trained_on.items() if t == "generated shapes"} == zoo
+    assert {n for n, t in trained_on.items() if t == "generated shapes"} == zoo | user
     assert trained_on["deformable_detr"] == "COCO" and trained_on["seresnet50"] == "ImageNet-1k"
     assert "self-supervised" in trained_on["vit_small_patch16_224.dino"]
     assert all(s.description for s in specs)
     # a hub can give the weights of every model but the zoo (shipped) and DAT-T (its authors' release)
-    assert {s.name for s in specs if not s.from_hub} == zoo | {"dat_tiny"}
+    assert {s.name for s in specs if not s.from_hub} == zoo | user | {"dat_tiny"}
 
 
 def test_default_weights_are_the_zoo_s_own_and_cached_pretrained_else_random(offline):

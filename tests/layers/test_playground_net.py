@@ -117,6 +117,8 @@ def test_a_concat_model_saves_and_loads_its_weights() -> None:
         ({"pattern": "diagonal"}, "pattern must be one of"),
         ({"stage": 1}, "stage must be one of"),
         ({"stage": True}, "stage must be one of"),
+        ({"stage": 3.0}, "stage must be one of"),
+        ({"heads": 4.0}, "heads must be 1, 2, 4 or 8"),
         ({"fuse": "max"}, "fuse must be one of"),
         ({"depth": 0}, "depth must be an integer from 1 to 4"),
         ({"depth": 9}, "depth must be an integer from 1 to 4"),
