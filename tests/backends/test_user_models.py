@@ -29,7 +29,7 @@ from attnviz.layers.playground_net import Placement, PlaygroundNet
 from attnviz.layers.zoo_net import CLASSES
 
 # the module (the package's ``user_models`` is the function that lists the saved models)
-store = importlib.import_module("attnviz.backends.user_models")
+store = importlib.import_module("attnviz.backends.user_store")
 
 
 @pytest.fixture
