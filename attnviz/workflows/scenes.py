@@ -253,22 +253,29 @@ def make_scene(seed: int, params: SceneParams = SceneParams()) -> Scene:
     )
 
 
-def _dataset_labels(n: int, seed: int) -> np.ndarray:
-    labels = np.arange(n, dtype=np.int64) % len(CLASSES)
+def _dataset_labels(n: int, seed: int, classes: int = len(CLASSES)) -> np.ndarray:
+    labels = np.arange(n, dtype=np.int64) % classes
     np.random.default_rng([seed, n]).shuffle(labels)
     return labels
 
 
 def _make_chunk(
-    seeds: Sequence[int], labels: Sequence[int | None], params: SceneParams
+    seeds: Sequence[int],
+    labels: Sequence[int | None],
+    params: SceneParams,
+    scales: Sequence[float | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     n, size = len(seeds), params.size
+    scales = [None] * n if scales is None else scales
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     out_labels = np.empty(n, dtype=np.int64)
     boxes = np.empty((n, 4), dtype=np.int64)
     masks = np.empty((n, size, size), dtype=bool)
-    for i, (seed, label) in enumerate(zip(seeds, labels, strict=True)):
-        scene = make_scene(seed, params if label is None else replace(params, label=label))
+    for i, (seed, label, scale) in enumerate(zip(seeds, labels, scales, strict=True)):
+        scene_params = params if label is None else replace(params, label=label)
+        if scale is not None:
+            scene_params = replace(scene_params, scale=scale)
+        scene = make_scene(seed, scene_params)
         images[i], out_labels[i], boxes[i], masks[i] = scene.image, scene.label, scene.box, scene.mask
     return images, out_labels, boxes, masks
 
@@ -280,6 +287,8 @@ def make_dataset(
     *,
     size: int | None = None,
     workers: int = 1,
+    classes: int | None = None,
+    scale_range: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Draw ``n`` scenes as stacked arrays.
 
@@ -294,6 +303,12 @@ def make_dataset(
         params: parameters shared by all scenes (their ``None`` fields vary per scene).
         size: image side; overrides ``params.size`` when given.
         workers: processes to draw with (1: in this process; 0: one per CPU).
+        classes: draw only the first ``classes`` classes (2 to K; None: all K), balanced the
+            same way (labels ``i % classes`` shuffled). Ignored when ``params.label`` is set.
+        scale_range: draw each object's scale uniformly from ``(lo, hi)`` (within ``[0.05, 0.4]``)
+            with a generator seeded by ``(seed, n, 1)`` instead of from :data:`SCALE_RANGE`; None
+            (default) leaves the scenes exactly as ``make_scene`` draws them. Ignored when
+            ``params.scale`` is set.
 
     Returns:
         ``images [n, S, S, 3]`` uint8, ``labels [n]`` int64, ``boxes [n, 4]`` int64 as
@@ -310,21 +325,37 @@ def make_dataset(
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
     if not isinstance(params, SceneParams):
         raise TypeError(f"params must be a SceneParams, got {type(params).__name__}")
+    if classes is not None and (not _is_int(classes) or not 2 <= classes <= len(CLASSES)):
+        raise ValueError(f"classes must be an integer from 2 to {len(CLASSES)}, got {classes!r}")
     if size is not None:
         params = replace(params, size=size)
     n, seed = int(n), int(seed)
+    scales: list[float | None] | None = None
+    if scale_range is not None and params.scale is None:
+        lo, hi = (float(v) for v in scale_range)
+        if not (_SCALE_LIMITS[0] <= lo <= hi <= _SCALE_LIMITS[1]):
+            raise ValueError(
+                f"scale_range must be (lo, hi) within {list(_SCALE_LIMITS)}, got {scale_range!r}"
+            )
+        if lo * params.size < _MIN_OBJECT_PX:
+            raise ValueError(
+                f"scale_range {scale_range!r} makes objects smaller than {_MIN_OBJECT_PX:.0f} px "
+                f"on a {params.size} px image"
+            )
+        scales = [float(v) for v in np.random.default_rng([seed, n, 1]).uniform(lo, hi, n)]
     seeds = [seed * DATASET_SEED_STRIDE + i for i in range(n)]
+    k = len(CLASSES) if classes is None else int(classes)
     labels: list[int | None] = (
-        [int(v) for v in _dataset_labels(n, seed)] if params.label is None else [None] * n
+        [int(v) for v in _dataset_labels(n, seed, k)] if params.label is None else [None] * n
     )
     workers = (os.cpu_count() or 1) if workers == 0 else workers
     workers = min(workers, max(1, n // 64))  # a process is not worth it for a few scenes
     if workers == 1:
-        return _make_chunk(seeds, labels, params)
+        return _make_chunk(seeds, labels, params, scales)
     bounds = np.linspace(0, n, 4 * workers + 1).astype(int)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [
-            pool.submit(_make_chunk, seeds[a:b], labels[a:b], params)
+            pool.submit(_make_chunk, seeds[a:b], labels[a:b], params, None if scales is None else scales[a:b])
             for a, b in itertools.pairwise(bounds)
             if b > a
         ]

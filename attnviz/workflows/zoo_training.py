@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnviz.analysis import analyze
@@ -38,6 +36,7 @@ from attnviz.layers.zoo_net import (
 from attnviz.views.localisation import score_maps
 from attnviz.views.maps import attention_maps
 from attnviz.workflows.scenes import SceneParams, make_dataset
+from attnviz.workflows.training import TrainProgress, TrainSettings, train
 
 __all__ = [
     "CHECK_SET",
@@ -115,41 +114,40 @@ def train_zoo_model(
         The trained model (eval mode) and a dict with the config, epochs' losses and time.
     """
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     if data is None:
         images, labels, _, _ = make_dataset(config.n_train, config.data_seed, SceneParams(size=INPUT_SIZE))
     else:
         images, labels = data
     model = build_zoo_model(kind)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps = config.epochs * math.ceil(len(images) / config.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps, pct_start=0.15)
-    losses = []
-    start = time.perf_counter()
-    for epoch in range(config.epochs):
-        model.train()
-        order = rng.permutation(len(images))
-        total = 0.0
-        for i in range(0, len(order), config.batch_size):
-            idx = order[i : i + config.batch_size]
-            x = _to_tensor(images[idx])
-            flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            y = torch.from_numpy(labels[idx]).long()
-            loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        losses.append(total / len(images))
+    per_epoch = math.ceil(len(images) / config.batch_size)
+    settings = TrainSettings(
+        steps=config.epochs * per_epoch,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing,
+        warmup=0.15,
+        seed=config.seed,
+    )
+
+    def epoch_done(report: TrainProgress, _model: nn.Module) -> None:
         if progress is not None:
-            progress(f"{zoo_name(kind)} epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.3f}")
+            epoch = report.step // per_epoch
+            progress(f"{zoo_name(kind)} epoch {epoch}/{config.epochs}: loss {report.loss:.3f}")
+
+    outcome = train(
+        model, images, labels, settings, mean=MEAN, std=STD, every=per_epoch, on_progress=epoch_done
+    )
+    # the mean loss of each epoch (a pass over the data), weighted by batch size as before
+    step_loss = np.asarray(outcome.losses) * np.asarray(outcome.batch_sizes)
+    losses = [
+        float(step_loss[i : i + per_epoch].sum() / len(images)) for i in range(0, len(step_loss), per_epoch)
+    ]
     model.eval()
     summary = {
         "config": asdict(config),
         "losses": losses,
-        "train_seconds": round(time.perf_counter() - start, 1),
+        "train_seconds": round(outcome.seconds, 1),
     }
     return model, summary
 
