@@ -1,16 +1,16 @@
-"""The command line: ``python -m attnviz list``, ``analyze``, ``zoo`` and ``bench``.
+"""The command line: ``python -m attnviz list``, ``analyze``, ``zoo``, ``train`` and ``bench``.
 
 ``list`` shows the model zoo (:mod:`.listing`); ``analyze`` runs images (files or folders) through
 models and writes the export bundle (:mod:`attnviz.io.export`) to a folder, batch by batch
 (:mod:`.analyze`, :mod:`attnviz.workflows.pipeline`); ``zoo`` trains or evaluates the built-in zoo
-(:mod:`.zoo`); ``bench`` measures what capture costs (:mod:`.bench`,
-:mod:`attnviz.workflows.bench`). The arguments are in :mod:`.parser`, the terminal output and exit
-statuses in :mod:`.console`. This is the top layer: it may import every subpackage of attnviz, and
-none of them imports it. The library logs; this package configures logging and prints. Every
-expected failure ends with one line ``attnviz: error: ...`` on stderr and a non-zero exit status
-(2 for bad arguments, 1 otherwise); ``-v`` adds INFO logs and tracebacks. ``analyze`` skips an
-unreadable image (one ``attnviz: skipped: ...`` line each), writes the other results and then
-exits with 1.
+(:mod:`.zoo`); ``train`` trains a playground network and keeps it as a user model (:mod:`.train`);
+``bench`` measures what capture costs (:mod:`.bench`, :mod:`attnviz.workflows.bench`). The arguments
+are in :mod:`.parser`, the terminal output and exit statuses in :mod:`.console`. This is the top
+layer: it may import every subpackage of attnviz, and none of them imports it. The library logs;
+this package configures logging and prints. Every expected failure ends with one line ``attnviz:
+error: ...`` on stderr and a non-zero exit status (2 for bad arguments, 1 otherwise); ``-v`` adds
+INFO logs and tracebacks. ``analyze`` skips an unreadable image (one ``attnviz: skipped: ...`` line
+each), writes the other results and then exits with 1.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from attnviz.cli.console import (
 )
 from attnviz.cli.listing import run_list
 from attnviz.cli.parser import build_parser
+from attnviz.cli.train import run_train
 from attnviz.cli.zoo import run_zoo
 from attnviz.core.errors import AttnvizError
 from attnviz.io.images import ImageLoadError
@@ -72,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     if args.command is None:
-        err.write(f"{PROG}: error: choose a command: list, analyze, zoo or bench (see {PROG} --help)\n")
+        err.write(
+            f"{PROG}: error: choose a command: list, analyze, zoo, train or bench (see {PROG} --help)\n"
+        )
         return EXIT_USAGE
     verbose = bool(args.verbose)
 
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                 return run_list(args, out)
             if args.command == "zoo":
                 return run_zoo(args, out, err)
+            if args.command == "train":
+                return run_train(args, out, err)
             if args.command == "bench":
                 return run_bench_command(args, out, err)
             return run_analyze(args, out, err, max_images=MAX_IMAGES, max_models=MAX_MODELS)

@@ -32,7 +32,13 @@ def run_bench_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
     device = resolve_device(args.device)
     note(err, f"benchmarking on {device}{' (small mode)' if args.small else ''}; this takes a while")
     try:
-        report = bench.run_bench(device=device, small=args.small, repeats=args.repeats, models=args.model)
+        report = bench.run_bench(
+            device=device,
+            small=args.small,
+            repeats=args.repeats,
+            models=args.model,
+            playground=not args.no_playground,
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:

@@ -1,4 +1,4 @@
-"""The command line's arguments: ``list``, ``analyze``, ``zoo train|eval`` and ``bench``.
+"""The command line's arguments: ``list``, ``analyze``, ``zoo train|eval``, ``train`` and ``bench``.
 
 :func:`build_parser` gives the parser :func:`attnviz.cli.main` uses; it raises
 :class:`~attnviz.cli.console.UsageError` for bad arguments instead of printing the usage and
@@ -11,6 +11,7 @@ import argparse
 from typing import NoReturn
 
 from attnviz.cli.console import PROG, UsageError
+from attnviz.cli.train import add_train_parser
 from attnviz.core.scales import SCALE_MODES
 from attnviz.workflows.pipeline import DEFAULT_BATCH_SIZE, IMAGE_EXTENSIONS, MAX_BATCH_SIZE
 
@@ -60,6 +61,7 @@ def build_parser(max_images: int, max_models: int) -> RaisingParser:
 
     _add_analyze(commands, verbose, max_images, max_models)
     _add_zoo(commands, verbose)
+    add_train_parser(commands, verbose)
     _add_bench(commands, verbose)
     return parser
 
@@ -175,6 +177,9 @@ def _add_bench(commands: argparse._SubParsersAction[RaisingParser], verbose: Rai
     bench.add_argument("--repeats", type=int, default=None, metavar="N", help="timed runs per figure")
     bench.add_argument("--model", "-m", action="append", metavar="NAME", help="a model; repeat for several")
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.add_argument(
+        "--no-playground", action="store_true", help="skip the playground's default training run"
+    )
 
 
 def _batch_size(text: str) -> int:

@@ -61,6 +61,7 @@ from attnviz.workflows.bench_measuring import (
     reset_cuda_peak,
     reset_peak_rss,
 )
+from attnviz.workflows.bench_playground import PlaygroundBench, measure_playground
 from attnviz.workflows.bench_report import (
     BatchThroughput,
     BenchReport,
@@ -80,6 +81,7 @@ __all__ = [
     "ComparisonRow",
     "MachineInfo",
     "ModelRow",
+    "PlaygroundBench",
     "format_report",
     "report_to_json",
     "run_bench",
@@ -340,6 +342,7 @@ def run_bench(
     small: bool = False,
     repeats: int | None = None,
     models: Sequence[str] | None = None,
+    playground: bool = True,
 ) -> BenchReport:
     """Measure capture overhead, maps vs Grad-CAM, the comparison page and batch throughput.
 
@@ -351,6 +354,8 @@ def run_bench(
         models: the models to measure; default :data:`FULL_MODELS` or :data:`SMALL_MODELS`. The
             first four make the comparison; the CLI batch runs MobileNetV3-L when listed (not in
             ``small`` mode), else the first classifier.
+        playground: also time the playground's default run (a reduced run when ``small``):
+            seconds to 90% held-out accuracy, samples/s, energy ratio first vs last snapshot.
 
     Returns:
         The :class:`BenchReport`.
@@ -409,4 +414,8 @@ def run_bench(
         small=small,
         rss_reset=rss_reset,
     )
-    return BenchReport(machine, tuple(rows), comparison, batch)
+    trained = None
+    if playground:
+        gc.collect()
+        trained = measure_playground(dev, small=small)
+    return BenchReport(machine, tuple(rows), comparison, batch, trained)

@@ -13,12 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from attnviz.workflows.bench_playground import PlaygroundBench, format_playground
+
 __all__ = [
     "BatchThroughput",
     "BenchReport",
     "ComparisonRow",
     "MachineInfo",
     "ModelRow",
+    "PlaygroundBench",
     "format_report",
     "report_to_json",
 ]
@@ -122,6 +125,7 @@ class BenchReport:
     models: tuple[ModelRow, ...]
     comparison: ComparisonRow
     batch: BatchThroughput
+    playground: PlaygroundBench | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,6 +220,8 @@ def format_report(report: BenchReport) -> str:
         f"{b.single_img_s:.2f} img/s, speed-up {b.speedup:.2f}x"
         + ("" if b.gpu_utilization is None else f", GPU utilisation {b.gpu_utilization:.0f} %"),
     ]
+    if report.playground is not None:
+        lines += format_playground(report.playground)
     if not m.rss_reset:
         lines.append(
             "note: the RSS peak could not be reset per model; each figure is the process peak so far"

@@ -22,6 +22,7 @@ from attnviz.workflows.bench import (
     ComparisonRow,
     MachineInfo,
     ModelRow,
+    PlaygroundBench,
     format_report,
     report_to_json,
     run_bench,
@@ -87,6 +88,37 @@ def test_cli_bench_json_wiring(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     out = json.loads(capsys.readouterr().out)
     assert out == json.loads(json.dumps(report_to_json(_fake_report())))
     assert seen["small"] is True and seen["repeats"] == 2 and str(seen["device"]) == "cpu"
+    assert seen["playground"] is True
+    assert main(["bench", "--small", "--json", "--no-playground"]) == 0
+    assert seen["playground"] is False
+
+
+def test_format_report_gives_the_playground_run() -> None:
+    run = PlaygroundBench(
+        "cbam, serial at stage 3",
+        "cpu",
+        10,
+        4000,
+        600,
+        64,
+        55.0,
+        5.0,
+        50.5,
+        0.93,
+        800.0,
+        1.0,
+        2.5,
+        0.8,
+        13,
+        False,
+    )
+    report = dataclasses.replace(_fake_report(), playground=run)
+    text = format_report(report)
+    assert "90% reached after 50.5 s; final held-out accuracy 93.0% after 55.0 s" in text
+    assert "800 samples/s; energy in box 1.00x -> 2.50x uniform" in text
+    assert report_to_json(report)["playground"]["seconds_to_target"] == 50.5
+    never = dataclasses.replace(run, seconds_to_target=None, energy_ratio_first=None, energy_ratio_last=None)
+    assert "90% not reached" in format_report(dataclasses.replace(report, playground=never))
 
 
 def test_cli_bench_text(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -197,6 +229,16 @@ def test_text_table_names_every_model(report: BenchReport) -> None:
     for r in report.models:
         assert r.model in text
     assert "CAPTURE/BARE" in text and "img/s" in text
+    assert "playground default run (small mode: a reduced run)" in text
+
+
+@pytest.mark.slow
+def test_small_playground_run(report: BenchReport) -> None:
+    p = report.playground
+    assert p is not None and p.small and p.steps == 20 and p.snapshots == 3
+    _positive(p.seconds, "seconds")
+    _positive(p.samples_per_s, "samples_per_s")
+    assert 0 <= p.final_accuracy <= 1 and p.energy_ratio_first is not None
 
 
 @pytest.mark.slow
