@@ -32,6 +32,7 @@ def main() -> None:
         [
             st.Page("pages/compare.py", title="Compare", icon=":material/compare:", default=True),
             st.Page("pages/scene.py", title="Scene lab", icon=":material/science:"),
+            st.Page("pages/playground.py", title="Playground", icon=":material/model_training:"),
             st.Page("pages/leaderboard.py", title="Leaderboard", icon=":material/leaderboard:"),
             st.Page("pages/modules.py", title="Modules", icon=":material/school:"),
             st.Page("pages/models.py", title="Models", icon=":material/view_list:"),

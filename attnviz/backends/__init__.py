@@ -16,9 +16,9 @@ from attnviz.backends.user_models import (
     UserModelError,
     check_user_model_name,
     delete_user_model,
+    list_user_models,
     read_user_card,
     save_user_model,
-    user_models,
     user_models_dir,
 )
 from attnviz.backends.weights import CHECKPOINT_SUFFIXES, load_checkpoint
@@ -36,10 +36,10 @@ __all__ = [
     "delete_user_model",
     "get_spec",
     "list_models",
+    "list_user_models",
     "load_checkpoint",
     "load_model",
     "read_user_card",
     "save_user_model",
-    "user_models",
     "user_models_dir",
 ]

@@ -27,11 +27,11 @@ from attnviz.backends.user_store import (
     check_user_model_name,
     delete_user_model,
     is_weights_file,
+    list_user_models,
     model_paths,
     read_user_card,
     save_user_model,
     saved_names,
-    user_models,
     user_models_dir,
 )
 from attnviz.backends.weights import apply_checkpoint, load_checkpoint
@@ -49,9 +49,9 @@ __all__ = [
     "UserModelError",
     "check_user_model_name",
     "delete_user_model",
+    "list_user_models",
     "read_user_card",
     "save_user_model",
-    "user_models",
     "user_models_dir",
 ]
 

@@ -42,11 +42,11 @@ __all__ = [
     "check_user_model_name",
     "delete_user_model",
     "is_weights_file",
+    "list_user_models",
     "model_paths",
     "read_user_card",
     "save_user_model",
     "saved_names",
-    "user_models",
     "user_models_dir",
 ]
 
@@ -249,7 +249,7 @@ def saved_names(folder: Path) -> list[str]:
     return sorted(s for s in stems if NAME_PATTERN.fullmatch(s))
 
 
-def user_models(folder: str | os.PathLike | None = None) -> list[UserModel]:
+def list_user_models(folder: str | os.PathLike | None = None) -> list[UserModel]:
     """Every saved model in the folder, by name, broken ones included (with their :attr:`~UserModel.problem`).
 
     Args:

@@ -43,8 +43,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 SAMPLE = ROOT / "assets" / "samples" / "cat.jpg"
 ZOO, DEFORMABLE, TRANSFORMER = "zoo_cbam", "zoo_deform", "deit_tiny_patch16_224"
 MODELS = (ZOO, DEFORMABLE, TRANSFORMER)
-PAGES = {"Compare": "Compare attention", "Scene lab": "Scene lab", "Leaderboard": "Leaderboard",
-         "Modules": "Modules", "Models": "Models"}  # fmt: skip
+PAGES = {"Compare": "Compare attention", "Scene lab": "Scene lab", "Playground": "Attention playground",
+         "Leaderboard": "Leaderboard", "Modules": "Modules", "Models": "Models"}  # fmt: skip
 # The server's first script run imports torch, timm and plotly: minutes on 2 busy cores, not seconds.
 START_TIMEOUT_S = 90
 RUN_TIMEOUT_MS = 180_000
@@ -52,6 +52,7 @@ IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 HOSTILE_MESSAGE = "evil.png is not a supported image: JPEG, PNG, WebP or GIF expected"
 # The screenshot of a comparison that the README shows (made here, copied into assets/ small).
 README_SHOT = "readme_compare.jpg"
+PLAYGROUND_SHOT = "readme_playground.jpg"
 
 # Arms a flag that is set once the script state leaves "notRunning" (the old value is recorded, so
 # a run shorter than one observer callback is still seen).
@@ -163,6 +164,7 @@ def app_url(out_dir: Path) -> Iterator[str]:
         "HF_HUB_OFFLINE": "1",
         "HF_HOME": str(out_dir / "hf"),
         "TORCH_HOME": str(out_dir / "torch"),
+        "ATTNVIZ_USER_MODELS": str(out_dir / "user_models"),  # models saved in the Playground
     }
     with log_path.open("wb") as log:
         # A session of its own: the whole group is killed at the end, so no server is left behind.
@@ -753,6 +755,58 @@ def test_a_camera_photo_and_a_hostile_upload(chromium: Any, app_url: str, out_di
         expect(page.get_by_role("heading", name="zoo_cbam", exact=True)).to_be_visible()
         _no_exception(page)
         _screenshot(page, out_dir / "hostile.png")
+
+
+CURVE_POINTS = """() => {
+  const gd = document.querySelector(".st-key-playground_curves .js-plotly-plot");
+  return gd && gd._fullData && gd._fullData.length ? gd._fullData[0]._length : 0;
+}"""
+
+
+def test_playground_trains_saves_and_the_model_appears_in_compare(
+    chromium: Any, app_url: str, out_dir: Path
+) -> None:
+    """Train with a tiny budget, see the curve grow and the snapshot strip, save, find it in Compare."""
+    from playwright.sync_api import expect
+
+    with _session(chromium, app_url, out_dir, "playground") as page:
+        _go(page, "Playground")
+        _rerun(page, lambda: page.get_by_text("Task and budget (shared by the runs)").click())
+        steps = page.locator(_key("playground_steps")).locator("input")
+        steps.fill("80")
+        _rerun(page, lambda: steps.press("Enter"))
+        _press_key(page, "playground_n_train", "Home")  # 500 scenes
+        _press_key(page, "playground_batch", "Home")  # 8
+        _rerun(page, lambda: page.get_by_role("button", name="Train", exact=True).click())
+        expect(page.get_by_text(re.compile(r"^A · training · step"))).to_be_visible(timeout=60_000)
+        # the live curve grows while the run trains (the fragment polls)
+        page.wait_for_function(f"({CURVE_POINTS})() > 2", timeout=120_000)
+        early = page.evaluate(CURVE_POINTS)
+        expect(page.get_by_text(re.compile(r"^A · done"))).to_be_visible(timeout=RUN_TIMEOUT_MS)
+        page.wait_for_selector(IDLE, timeout=RUN_TIMEOUT_MS)
+        assert page.evaluate(CURVE_POINTS) > early
+        expect(page.get_by_text("Probe scenes (white: the object's box)")).to_be_visible()
+        assert page.get_by_test_id("stImage").count() >= 18  # probes, module maps, Grad-CAM
+        expect(page.locator(_key("playground_replay"))).to_be_visible()
+        _no_exception(page)
+        _screenshot(page, out_dir / "playground.png")
+        _screenshot(page, out_dir / "playground_live.png", start=_key("playground_curves"), height=1250)
+        with Image.open(out_dir / "playground_live.png") as img:
+            small = img.convert("RGB").resize(
+                (img.width * 3 // 5, img.height * 3 // 5), Image.Resampling.LANCZOS
+            )
+            small.save(out_dir / PLAYGROUND_SHOT, quality=85, optimize=True)
+
+        name = page.locator(_key("playground_save_name")).locator("input")
+        name.fill("browser-cbam")
+        _rerun(page, lambda: name.press("Enter"))
+        _rerun(page, lambda: page.get_by_role("button", name="Save", exact=True).click())
+        expect(page.get_by_text(re.compile(r"Saved as user_browser-cbam"))).to_be_visible()
+        assert (out_dir / "user_models" / "browser-cbam.safetensors").is_file()
+
+        _go(page, "Compare")
+        expect(_pill(page, "user_browser-cbam")).to_be_visible()
+        _no_exception(page)
 
 
 def test_the_server_logged_no_exception(app_url: str, out_dir: Path) -> None:

@@ -20,9 +20,9 @@ from attnviz.backends import (
     check_user_model_name,
     default_weights,
     delete_user_model,
+    list_user_models,
     read_user_card,
     save_user_model,
-    user_models,
     user_models_dir,
 )
 from attnviz.layers.playground_net import Placement, PlaygroundNet
@@ -86,7 +86,7 @@ def test_a_saved_model_is_listed_loads_analyses_and_is_deleted(folder):
     assert spec.pretrained_available and spec.weights_path == str(path)
     assert "cbam, serial at stage 3" in spec.description and "90%" in spec.description
     assert default_weights(spec) == "pretrained"
-    [listed] = user_models()
+    [listed] = list_user_models()
     assert listed == UserModel(
         name="my-cbam_1",
         model_name="user_my-cbam_1",
@@ -129,7 +129,7 @@ def test_a_saved_model_is_listed_loads_analyses_and_is_deleted(folder):
     assert kinds == [("attn3", "cbam_channel"), ("attn3", "cbam_spatial"), ("stage3", "gradcam")]
 
     assert delete_user_model("my-cbam_1") is True
-    assert user_names() == set() and user_models() == [] and os.listdir(folder) == []
+    assert user_names() == set() and list_user_models() == [] and os.listdir(folder) == []
     with pytest.raises(attnviz.UnknownModelError):
         attnviz.load_model("user_my-cbam_1")
     assert delete_user_model("my-cbam_1") is False  # nothing left to delete
@@ -299,7 +299,7 @@ def test_a_tampered_card_is_skipped_and_listed_as_broken(folder, caplog, tamper,
     with caplog.at_level(logging.WARNING, logger="attnviz.backends.user_models"):
         assert user_names() == {"user_good"}
     assert any("skipped the saved model 'bad'" in r.message and problem in r.message for r in caplog.records)
-    listed = {m.name: m for m in user_models()}
+    listed = {m.name: m for m in list_user_models()}
     assert listed["bad"].broken and problem in listed["bad"].problem and not listed["good"].broken
     assert listed["bad"].placement == "" and listed["bad"].classes is None
     with pytest.raises(UserModelError, match=f"The card of the saved model 'bad' .* is broken: .*{problem}"):
@@ -341,7 +341,7 @@ def test_missing_or_damaged_weights_name_the_file(folder):
     assert not spec.pretrained_available and default_weights(spec) == "pretrained"
     err = _error("user_mine")
     assert "is missing" in str(err) and str(folder) in str(err) and "train and save it again" in err.summary
-    problems = {m.name: m.problem for m in user_models()}
+    problems = {m.name: m.problem for m in list_user_models()}
     assert problems == {name: f"its weights file {name}.safetensors is missing" for name in ("mine", "other")}
 
 
@@ -353,8 +353,8 @@ def test_the_folder_comes_from_the_environment_and_defaults_outside_the_reposito
     assert user_names() == {"user_mine"}
     # another folder, another list
     monkeypatch.setenv("ATTNVIZ_USER_MODELS", str(tmp_path / "there"))
-    assert user_names() == set() and user_models() == []
-    assert [m.name for m in user_models(tmp_path / "here")] == ["mine"]  # an explicit folder wins
+    assert user_names() == set() and list_user_models() == []
+    assert [m.name for m in list_user_models(tmp_path / "here")] == ["mine"]  # an explicit folder wins
     # unset: the user's cache folder, never the repository
     monkeypatch.delenv("ATTNVIZ_USER_MODELS")
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
@@ -375,7 +375,7 @@ def test_an_explicit_folder_is_written_and_nothing_else(monkeypatch, tmp_path):
     after = files(tmp_path)
     assert set(after) - set(before) == {"cli-out/mine.json", "cli-out/mine.safetensors"}
     assert all(after[k] == v for k, v in before.items()) and not (tmp_path / "default").exists()
-    assert [m.model_name for m in user_models(out)] == ["user_mine"] and user_names() == set()
+    assert [m.model_name for m in list_user_models(out)] == ["user_mine"] and user_names() == set()
     assert delete_user_model("mine", folder=out) and os.listdir(out) == []
 
 
@@ -384,7 +384,7 @@ def test_links_never_lead_a_save_or_delete_out_of_the_folder(folder, tmp_path):
     outside = tmp_path / "outside.json"
     outside.write_text('{"precious": true}')
     (folder / "link.json").symlink_to(outside)
-    listed = {m.name: m for m in user_models()}
+    listed = {m.name: m for m in list_user_models()}
     assert "not a regular file" in listed["link"].problem and user_names() == set()
     with pytest.raises(UserModelError, match="saved already"):
         save_user_model("link", net(), {})
@@ -402,6 +402,6 @@ def test_files_without_a_card_are_listed_as_broken_and_other_files_ignored(folde
     (folder / "README.txt").write_text("not a model")
     (folder / "Upper.json").write_text("{}")  # not a name a save could have written
     (folder / ".mine.123.json.tmp").write_text("{}")  # a save under way
-    [orphan] = user_models()
+    [orphan] = list_user_models()
     assert orphan.name == "orphan" and orphan.problem == "it has no card" and user_names() == set()
     assert delete_user_model("orphan") and not (folder / "orphan.safetensors").exists()
