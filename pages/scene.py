@@ -90,7 +90,9 @@ def main() -> None:
     with right:
         gradcam = st.toggle("Grad-CAM", value=True, key=GRADCAM_KEY, help="Add each model's Grad-CAM map.")
 
-    models = [zoo_name(kind) for kind in ZOO_KINDS]
+    # the zoo, then the models people trained in the Playground (the same scenes, the same input size)
+    mine = [s.name for s in attnviz.list_models() if s.group == "user"]
+    models = [zoo_name(kind) for kind in ZOO_KINDS] + mine
     run_all(models, scene, device)
     analyses, failures = stored(models, scene, device)
     shown = shown_maps(analyses, which, gradcam)

@@ -156,3 +156,25 @@ def test_the_cap_message_shows_when_the_server_is_busy(at: AppTest, monkeypatch:
     assert not at.exception, at.exception
     assert any("already runs 1 training" in w.value for w in at.warning)
     assert not at.button(key="playground_train").disabled
+
+
+@pytest.mark.slow
+def test_a_saved_model_joins_the_zoo_in_the_scene_lab(models_dir: Path) -> None:
+    """A model saved from the Playground (here straight through the store) gets its own column in
+    the Scene lab, next to the zoo's, and runs on the scene like them."""
+    import torch
+
+    from attnviz.backends import save_user_model
+    from attnviz.layers.playground_net import Placement, PlaygroundNet
+
+    torch.manual_seed(0)
+    save_user_model("lab-gc", PlaygroundNet(Placement("gc", "serial", 2)).eval())
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    app.run()
+    app.switch_page("pages/scene.py").run()
+    assert not app.exception, app.exception
+    assert not app.error, [e.value for e in app.error]
+    headers = [s.value for col in app.columns for s in col.subheader]
+    assert "user_lab-gc" in headers and "zoo_gc" in headers
+    [result] = [a for k, a in app.session_state["scene_results"].items() if k[0] == "user_lab-gc"]
+    assert [r.kind for r in result.records if r.kind.startswith("gc")] == ["gc_context", "gc_add"]
