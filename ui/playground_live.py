@@ -194,7 +194,7 @@ def strip(
     scales = _scales(shown, mode)
     first = next(iter(states.values()))
     n = len(first.probes)
-    head = st.columns([1] + [2] * n)
+    head = st.columns([2] + [2] * n)
     head[0].caption("Probe scenes (white: the object's box)")
     for i, col in enumerate(head[1:]):
         col.image(boxed_map(first.probes[i], tuple(int(v) for v in first.boxes[i])), width="stretch")
@@ -202,7 +202,7 @@ def strip(
         state = states[slot]
         rows = [("map", snap.maps, "module map"), ("gradcam", snap.gradcam, "Grad-CAM of the true class")]
         for kind, values, what in rows:
-            cols = st.columns([1] + [2] * n)
+            cols = st.columns([2] + [2] * n)
             if kind == "map" and snap.map_label:
                 what = f"module map: {snap.map_label}"
             title = f"**{slot}** · {md(labels.get(slot, slot))}  \n{md(what)} at step {snap.step}"
