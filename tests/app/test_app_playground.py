@@ -178,3 +178,14 @@ def test_a_saved_model_joins_the_zoo_in_the_scene_lab(models_dir: Path) -> None:
     assert "user_lab-gc" in headers and "zoo_gc" in headers
     [result] = [a for k, a in app.session_state["scene_results"].items() if k[0] == "user_lab-gc"]
     assert [r.kind for r in result.records if r.kind.startswith("gc")] == ["gc_context", "gc_add"]
+
+
+def test_the_readme_shows_the_playground_learning() -> None:
+    """The README's picture of the default run (made once from the app, committed small)."""
+    from PIL import Image
+
+    path = ROOT / "assets" / "screenshots" / "playground.jpg"
+    assert "(assets/screenshots/playground.jpg)" in (ROOT / "README.md").read_text()
+    assert path.stat().st_size <= 200_000
+    with Image.open(path) as img:
+        assert img.format == "JPEG" and img.width >= 600
