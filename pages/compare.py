@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-import attnviz
 from ui import Settings, require_app, store
 from ui import settings as read_settings
 from ui.compare.columns import draw_columns
@@ -45,6 +44,7 @@ from ui.compare.state import (
 )
 from ui.compare.transformer import transformer_views
 from ui.maps import md, scale_control
+from ui.sidebar import device_or_error
 
 __all__ = ["main", "results"]
 
@@ -93,10 +93,8 @@ def main() -> None:
     with controls:
         plans, pressed = model_controls(refs)
 
-    try:
-        device = str(attnviz.resolve_device(settings.device))
-    except attnviz.DeviceError as err:
-        st.error(str(err))
+    device = device_or_error(settings)
+    if device is None:
         return
     models = [p.model for p in plans]
     current = RunConfig(tuple(refs), tuple(models), tuple(p.weights for p in plans), device)

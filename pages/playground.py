@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-import attnviz
 from ui import playground as pw
 from ui import playground_live as live
 from ui import require_app
 from ui import settings as read_settings
 from ui.maps import md, scale_control
+from ui.sidebar import device_or_error
 
 __all__ = ["POLL_S", "main"]
 
@@ -73,10 +73,8 @@ def main() -> None:
         "with the same budget, so that their difference is the choice."
     )
     settings = read_settings()
-    try:
-        device = str(attnviz.resolve_device(settings.device))
-    except attnviz.DeviceError as err:
-        st.error(str(err))
+    device = device_or_error(settings)
+    if device is None:
         return
     picked = pw.choices()
     autocast = None

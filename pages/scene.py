@@ -43,6 +43,7 @@ from ui.scene import (
     shown_maps,
     stored,
 )
+from ui.sidebar import device_or_error
 
 
 def main() -> None:
@@ -53,10 +54,8 @@ def main() -> None:
         "such scenes, so the true box (white) says where its attention should go."
     )
     settings = read_settings()
-    try:
-        device = str(attnviz.resolve_device(settings.device))
-    except attnviz.DeviceError as err:
-        st.error(str(err))
+    device = device_or_error(settings)
+    if device is None:
         return
 
     left, preview = st.columns([2, 1])

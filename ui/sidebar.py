@@ -57,6 +57,16 @@ def settings() -> Settings:
     )
 
 
+def device_or_error(chosen: Settings) -> str | None:
+    """The torch device the sidebar's choice names (``"cpu"``, ``"cuda:0"``...), or None after showing
+    why it cannot be used (e.g. CUDA chosen on a machine without it)."""
+    try:
+        return str(attnviz.resolve_device(chosen.device))
+    except attnviz.DeviceError as err:
+        st.error(str(err))
+        return None
+
+
 def draw_sidebar() -> None:
     """Draw the settings shared by every page; their values live in ``st.session_state``."""
     cuda = torch.cuda.is_available()
