@@ -73,55 +73,21 @@ def curves_figure(states: Mapping[str, RunState], labels: Mapping[str, str], cla
     )
     for slot, state in states.items():
         colour, name = COLOURS[slot], f"{slot}: {labels.get(slot, slot)}"
-        if len(state.losses):
-            fig.add_scatter(
-                x=state.losses[:, 0],
-                y=state.losses[:, 1],
-                mode="lines",
-                line={"color": colour},
-                name=name,
-                legendgroup=slot,
-                row=1,
-                col=1,
-            )
-        if len(state.accuracy):
-            fig.add_scatter(
-                x=state.accuracy[:, 0],
-                y=state.accuracy[:, 1],
-                mode="lines+markers",
-                line={"color": colour},
-                name=name,
-                legendgroup=slot,
-                showlegend=False,
-                row=1,
-                col=2,
-            )
         snaps = [s for s in state.snapshots if s.energy_ratio is not None]
-        if snaps:
-            steps = [s.step for s in snaps]
-            fig.add_scatter(
-                x=steps,
-                y=[s.energy_ratio for s in snaps],
-                mode="lines+markers",
-                line={"color": colour},
-                name=f"{slot}: energy in box",
-                legendgroup=slot,
-                showlegend=False,
-                row=1,
-                col=3,
-            )
-            fig.add_scatter(
-                x=steps,
-                y=[s.pointing for s in snaps],
-                mode="lines+markers",
-                line={"color": colour},
-                marker={"symbol": "diamond"},
-                name=f"{slot}: pointing game",
-                legendgroup=slot,
-                showlegend=False,
-                row=1,
-                col=4,
-            )
+        steps = [s.step for s in snaps]
+        # (panel, x, y, mode, trace name): one curve per panel, the legend only on the first
+        panels = (
+            (1, state.losses[:, 0], state.losses[:, 1], "lines", name),
+            (2, state.accuracy[:, 0], state.accuracy[:, 1], "lines+markers", name),
+            (3, steps, [s.energy_ratio for s in snaps], "lines+markers", f"{slot}: energy in box"),
+            (4, steps, [s.pointing for s in snaps], "lines+markers", f"{slot}: pointing game"),
+        )
+        for col, x, y, mode, trace in panels:
+            if len(x):
+                fig.add_scatter(
+                    x=x, y=y, mode=mode, line={"color": colour}, name=trace, legendgroup=slot,
+                    showlegend=col == 1, row=1, col=col,
+                )  # fmt: skip
     fig.add_hline(
         y=1 / classes,
         line={"color": "grey", "dash": "dash"},

@@ -72,8 +72,9 @@ class ParallelBranch(nn.Module):
         attention: the attention path, ``[B, C, H, W] -> [B, C2, H', W']``.
         fuse: ``"sum"`` (C1 == C2) or ``"concat"`` (channel concatenation then 1x1 convolution).
         out_channels: output channels of the 1x1 fusing convolution; required for ``"concat"``,
-            optional for ``"sum"`` (None keeps the sum as it is). Its input width is inferred at
-            the first forward pass (``nn.LazyConv2d``).
+            optional for ``"sum"`` (None keeps the sum as it is).
+        in_channels: input width of the fusing convolution (C1 + C2 for ``"concat"``, C1 for
+            ``"sum"``); None infers it at the first forward pass (``nn.LazyConv2d``).
 
     Submodules:
         body, attention, fuse_conv (None when no projection).
@@ -88,6 +89,7 @@ class ParallelBranch(nn.Module):
         attention: nn.Module,
         fuse: Literal["sum", "concat"] = "sum",
         out_channels: int | None = None,
+        in_channels: int | None = None,
     ) -> None:
         super().__init__()
         if fuse not in ("sum", "concat"):
@@ -99,7 +101,13 @@ class ParallelBranch(nn.Module):
         self.fuse = fuse
         self.body = body
         self.attention = attention
-        self.fuse_conv = nn.LazyConv2d(out_channels, kernel_size=1) if out_channels is not None else None
+        self.fuse_conv: nn.Module | None = None
+        if out_channels is not None:
+            self.fuse_conv = (
+                nn.LazyConv2d(out_channels, kernel_size=1)
+                if in_channels is None
+                else nn.Conv2d(in_channels, out_channels, kernel_size=1)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> fused ``[B, C_out, H', W']``."""

@@ -21,12 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import nn
 
 from attnviz.layers import ATTENTION_REGISTRY, create_attention
 from attnviz.layers.insertion import AttentionCore, ParallelBranch
-from attnviz.layers.zoo_net import CLASSES, INPUT_SIZE, WIDTHS, Residual, conv_bn_act
+from attnviz.layers.zoo_net import CLASSES, INPUT_SIZE, WIDTHS, Backbone, Residual, conv_bn_act
 
 __all__ = ["FUSIONS", "PATTERNS", "STAGES", "Placement", "PlaygroundNet", "attention_kinds"]
 
@@ -115,7 +114,7 @@ def _module(kind: str, channels: int, grid: int) -> nn.Module:
     return create_attention(kind, channels)
 
 
-class PlaygroundNet(nn.Module):
+class PlaygroundNet(Backbone):
     """The zoo's backbone with one attention module placed by a :class:`Placement`.
 
     Args:
@@ -130,38 +129,17 @@ class PlaygroundNet(nn.Module):
     def __init__(
         self, placement: Placement, num_classes: int = len(CLASSES), input_size: int = INPUT_SIZE
     ) -> None:
-        super().__init__()
         if not isinstance(placement, Placement):
             raise TypeError(f"placement must be a Placement, got {type(placement).__name__}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= 10:
             raise ValueError(f"num_classes must be an integer from 2 to 10, got {num_classes!r}")
-        if (
-            isinstance(input_size, bool)
-            or not isinstance(input_size, int)
-            or input_size % 16
-            or input_size < 32
-        ):
+        sized = isinstance(input_size, int) and not isinstance(input_size, bool)
+        if not sized or input_size % 16 or input_size < 32:
             raise ValueError(f"input_size must be a multiple of 16 of at least 32, got {input_size!r}")
+        super().__init__(num_classes, input_size, lambda stage, channels, grid: nn.Identity())
         self.placement = placement
-        self.num_classes = num_classes
-        w0, w1, w2, w3 = WIDTHS
-        self.stem = conv_bn_act(3, w0, 2)
-        self.stage1 = nn.Sequential(conv_bn_act(w0, w1, 2), conv_bn_act(w1, w1))
-        self.stage2 = nn.Sequential(conv_bn_act(w1, w2, 2), conv_bn_act(w2, w2))
-        self.attn2: nn.Module = nn.Identity()
-        self.stage3 = nn.Sequential(conv_bn_act(w2, w3, 2), conv_bn_act(w3, w3))
-        self.attn3: nn.Module = nn.Identity()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(w3, num_classes)
         if placement.kind != "none":
             self._place(placement, input_size)
-        if placement.pattern == "parallel" and placement.fuse == "concat":
-            # the fusing 1x1 convolution learns its input width at the first forward: run one now
-            # (in eval mode: the batch norms keep their statistics), so that the weights exist for
-            # counting, saving and loading
-            with torch.no_grad():
-                self.eval()(torch.zeros(1, 3, input_size, input_size))
-            self.train()
 
     def _place(self, p: Placement, input_size: int) -> None:
         channels, stride = STAGES[p.stage]
@@ -174,16 +152,9 @@ class PlaygroundNet(nn.Module):
         if p.pattern == "serial":
             placed = Residual(module, channels) if p.kind in _RESIDUAL_KINDS else module
         else:
-            out = channels if p.fuse == "concat" else None
-            placed = ParallelBranch(conv_bn_act(channels, channels), module, fuse=p.fuse, out_channels=out)
+            # concat: a 1x1 convolution of known width (no lazy weights: counted, saved and loaded as built)
+            out, width = (channels, 2 * channels) if p.fuse == "concat" else (None, None)
+            placed = ParallelBranch(
+                conv_bn_act(channels, channels), module, fuse=p.fuse, out_channels=out, in_channels=width
+            )
         setattr(self, f"attn{p.stage}", placed)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, S, S]`` -> the last feature map ``[B, 96, S/16, S/16]``."""
-        x = self.stage1(self.stem(x))
-        x = self.attn2(self.stage2(x))
-        return self.attn3(self.stage3(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, S, S]`` -> logits ``[B, num_classes]``."""
-        return self.fc(self.pool(self.forward_features(x)).flatten(1))

@@ -20,6 +20,8 @@ prints accuracy and localisation (pointing game, energy in box) per model and at
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -33,6 +35,7 @@ __all__ = [
     "STD",
     "WIDTHS",
     "ZOO_KINDS",
+    "Backbone",
     "Residual",
     "ZooNet",
     "build_zoo_model",
@@ -115,32 +118,32 @@ def _attention(kind: str, channels: int, grid: int) -> nn.Module:
     return create_attention(kind, channels)
 
 
-class ZooNet(nn.Module):
-    """The zoo's backbone with one attention kind after stages 2 and 3.
+class Backbone(nn.Module):
+    """The zoo's small CNN with an attention slot after stages 2 and 3 (``attn2``, ``attn3``).
 
     Args:
-        kind: a key of :data:`ZOO_KINDS`.
         num_classes: number of scene classes.
         input_size: square input side (the zoo trains at 96).
+        attention: ``attention(stage, channels, grid)`` builds the module of each slot, in
+            construction order (stem, stage 1, stage 2, ``attn2``, stage 3, ``attn3``, head).
 
     Shapes:
         input ``[B, 3, S, S]`` normalised with :data:`MEAN`/:data:`STD`; output logits
         ``[B, num_classes]``.
     """
 
-    def __init__(self, kind: str, num_classes: int = len(CLASSES), input_size: int = INPUT_SIZE) -> None:
+    def __init__(
+        self, num_classes: int, input_size: int, attention: Callable[[int, int, int], nn.Module]
+    ) -> None:
         super().__init__()
-        if kind not in ZOO_KINDS:
-            raise ValueError(f"Unknown zoo kind {kind!r}: choose one of {', '.join(ZOO_KINDS)}.")
         w0, w1, w2, w3 = WIDTHS
-        self.kind = kind
         self.num_classes = num_classes
         self.stem = conv_bn_act(3, w0, 2)
         self.stage1 = nn.Sequential(conv_bn_act(w0, w1, 2), conv_bn_act(w1, w1))
         self.stage2 = nn.Sequential(conv_bn_act(w1, w2, 2), conv_bn_act(w2, w2))
-        self.attn2 = _attention(kind, w2, input_size // 8)
+        self.attn2 = attention(2, w2, input_size // 8)
         self.stage3 = nn.Sequential(conv_bn_act(w2, w3, 2), conv_bn_act(w3, w3))
-        self.attn3 = _attention(kind, w3, input_size // 16)
+        self.attn3 = attention(3, w3, input_size // 16)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(w3, num_classes)
 
@@ -151,7 +154,26 @@ class ZooNet(nn.Module):
         return self.attn3(self.stage3(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S]`` -> logits ``[B, num_classes]``."""
         return self.fc(self.pool(self.forward_features(x)).flatten(1))
+
+
+class ZooNet(Backbone):
+    """The zoo's backbone with one attention kind after stages 2 and 3.
+
+    Args:
+        kind: a key of :data:`ZOO_KINDS`.
+        num_classes: number of scene classes.
+        input_size: square input side (the zoo trains at 96).
+    """
+
+    def __init__(self, kind: str, num_classes: int = len(CLASSES), input_size: int = INPUT_SIZE) -> None:
+        if kind not in ZOO_KINDS:
+            raise ValueError(f"Unknown zoo kind {kind!r}: choose one of {', '.join(ZOO_KINDS)}.")
+        super().__init__(
+            num_classes, input_size, lambda stage, channels, grid: _attention(kind, channels, grid)
+        )
+        self.kind = kind
 
 
 def build_zoo_model(kind: str) -> ZooNet:

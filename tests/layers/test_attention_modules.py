@@ -674,6 +674,11 @@ def test_parallel_branch() -> None:
     y = cat(x)
     assert y.shape == (2, 16, 5, 7)
     assert cat.fuse_conv.weight.shape == (16, 2 * C, 1, 1)
+    close(y, cat.fuse_conv(torch.cat([body(x), attn(x)], dim=1)))
+    # a known width: a plain convolution, its weights there before any forward
+    sized = ParallelBranch(body, attn, fuse="concat", out_channels=16, in_channels=2 * C)
+    assert type(sized.fuse_conv) is nn.Conv2d and sized.fuse_conv.weight.shape == (16, 2 * C, 1, 1)
+    close(sized(x), sized.fuse_conv(torch.cat([body(x), attn(x)], dim=1)))
     y.sum().backward()
     assert attn.gamma.grad is not None
     with pytest.raises(ValueError, match="needs out_channels"):
