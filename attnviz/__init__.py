@@ -30,6 +30,7 @@ from attnviz.core.errors import (
     CheckpointError,
     DeviceError,
     GPUMemoryError,
+    ServingError,
     UnknownModelError,
     WeightsUnavailableError,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "Prediction",
     "Record",
     "SamplingPoints",
+    "ServingError",
     "SpatialMap",
     "TokenAttention",
     "UnknownModelError",

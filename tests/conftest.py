@@ -145,3 +145,82 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A local Ray (2 CPUs, no dashboard, a small object store), started once per test session for
+    every test that needs it, and shut down (Serve first) when the session ends. Its workers get an
+    empty user-models folder of their own, never the real one."""
+    import os
+
+    import ray
+
+    if not ray.is_initialized():
+        users = tmp_path_factory.mktemp("ray_user_models")
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=256 * 2**20,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"ATTNVIZ_USER_MODELS": str(users), "RAY_SERVE_LOG_TO_STDERR": "0"}},
+        )
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    yield
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+#: What the test session's Serve application serves: a zoo CNN, a ViT and a deformable model.
+SERVED_MODELS = ("zoo_cbam", "deit_tiny_patch16_224", "zoo_deform")
+
+
+@pytest.fixture(scope="session")
+def served_app(ray_local: None) -> Iterator[object]:
+    """The attnviz Serve application on the session's local Ray, deployed once per test session:
+    :data:`SERVED_MODELS`, a fifth of a CPU each, batches of up to 8 gathered for 50 ms (so that
+    concurrent requests share forwards), both weights preloaded. Yields its :class:`RayClient`."""
+    from ray import serve
+
+    from attnviz.serving import ServeSettings, connect
+    from attnviz.serving.app import deploy
+
+    settings = ServeSettings.from_args(
+        {
+            "models": [{"name": m, "cpus": 0.2} for m in SERVED_MODELS],
+            "device": "cpu",
+            "preload": ["pretrained", "random"],
+            "max_batch_size": 8,
+            "batch_wait_s": 0.05,
+        }
+    )
+    deploy(settings, http_options={"host": "127.0.0.1", "port": SERVE_PORT})
+    yield connect()
+    serve.delete("attnviz")
+
+
+#: The HTTP port of the test session's Serve.
+SERVE_PORT = 18321
+
+
+def assert_same(served, ref, atol: float = 1e-5) -> None:
+    """The same result: model, weights, input crop, predictions and every record's arrays."""
+    assert (served.model, served.weights, served.untrained) == (ref.model, ref.weights, ref.untrained)
+    np.testing.assert_array_equal(served.input_image, ref.input_image)
+    assert [p.index for p in served.top5] == [p.index for p in ref.top5]
+    np.testing.assert_allclose(
+        [p.probability for p in served.top5], [p.probability for p in ref.top5], atol=atol
+    )
+    assert [(type(r), r.layer) for r in served.records] == [(type(r), r.layer) for r in ref.records]
+    for a, b in zip(served.records, ref.records, strict=True):
+        for name in a.__dataclass_fields__:
+            x, y = getattr(a, name), getattr(b, name)
+            if isinstance(x, np.ndarray):
+                assert x.dtype == y.dtype, (a.layer, name)
+                np.testing.assert_allclose(
+                    x.astype(np.float64), y.astype(np.float64), atol=atol, err_msg=name
+                )
+            else:
+                assert x == y, (a.layer, name)

@@ -13,6 +13,7 @@ import functools
 import importlib
 import os
 import pkgutil
+import zlib
 from collections.abc import Hashable
 from pathlib import Path
 
@@ -140,7 +141,9 @@ def load_model(
     Args:
         name: a name from :func:`list_models`.
         weights: ``"pretrained"`` (library cache, downloaded when missing and online),
-            ``"random"`` (same architecture, untrained; results are marked untrained), or a path
+            ``"random"`` (same architecture, untrained; results are marked untrained; the same
+            weights in every process, drawn from a seed made of the model's name, so that the app
+            and a Ray replica give the same results), or a path
             to a ``.safetensors`` file or a state dict loadable with ``torch.load(weights_only=True)``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         progress: optional ``progress(message, fraction)`` callback for the UI.
@@ -189,7 +192,9 @@ def load_model(
         )
 
     report(progress, f"Building {name}", None)
-    built = backend.build(entry, pretrained_file)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(zlib.crc32(name.encode("utf-8")))
+        built = backend.build(entry, pretrained_file)
     module = built.module
     if checkpoint is not None:
         apply_checkpoint(module, checkpoint, label)

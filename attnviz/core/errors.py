@@ -7,6 +7,7 @@ __all__ = [
     "CheckpointError",
     "DeviceError",
     "GPUMemoryError",
+    "ServingError",
     "UnknownModelError",
     "WeightsUnavailableError",
 ]
@@ -36,6 +37,9 @@ class GPUMemoryError(AttnvizError, RuntimeError):
         super().__init__(message)
         self.device = device
         self.free_mib = free_mib
+
+    def __reduce__(self):  # keyword-only fields: pickled whole (a Ray replica sends it to the app)
+        return (_rebuild, (type(self), str(self), {"device": self.device, "free_mib": self.free_mib}))
 
 
 class CheckpointError(AttnvizError, ValueError):
@@ -69,3 +73,22 @@ class WeightsUnavailableError(AttnvizError, LookupError):
         self.expected_path = expected_path
         self.summary = summary or message
         self.details = tuple(details)
+
+    def __reduce__(self):  # keyword-only fields: pickled whole (a Ray replica sends it to the app)
+        fields = {
+            "weights_file": self.weights_file,
+            "expected_path": self.expected_path,
+            "summary": self.summary,
+            "details": self.details,
+        }
+        return (_rebuild, (type(self), str(self), fields))
+
+
+class ServingError(AttnvizError, RuntimeError):
+    """The model service cannot answer: a Ray cluster that cannot be reached, a model it does not
+    serve, a replica that stopped mid-request, or one that did not answer in time."""
+
+
+def _rebuild(cls: type, message: str, fields: dict) -> Exception:
+    """An error with keyword-only fields back from its pickle."""
+    return cls(message, **fields)
