@@ -35,6 +35,7 @@ from attnviz.cli.console import (
 )
 from attnviz.cli.listing import run_list
 from attnviz.cli.parser import build_parser
+from attnviz.cli.serve import run_serve
 from attnviz.cli.train import run_train
 from attnviz.cli.zoo import run_zoo
 from attnviz.core.errors import AttnvizError
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     if args.command is None:
         err.write(
-            f"{PROG}: error: choose a command: list, analyze, zoo, train or bench (see {PROG} --help)\n"
+            f"{PROG}: error: choose a command: list, analyze, zoo, train, bench or serve "
+            f"(see {PROG} --help)\n"
         )
         return EXIT_USAGE
     verbose = bool(args.verbose)
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 return run_train(args, out, err)
             if args.command == "bench":
                 return run_bench_command(args, out, err)
+            if args.command == "serve":
+                return run_serve(args, out, err)
             return run_analyze(args, out, err, max_images=MAX_IMAGES, max_models=MAX_MODELS)
         except BrokenPipeError:
             silence_stdout()

@@ -1,21 +1,25 @@
 """``attnviz analyze``: images (files or folders) through models into an export folder.
 
 The arguments are checked before any slow work; :func:`attnviz.workflows.pipeline.analyze_to_folder`
-does the work batch by batch, and :class:`AnalyzePrinter` turns its events into the command's
-lines: one line per written result on stdout, notes and progress on stderr. An unreadable image is
-skipped (one ``attnviz: skipped: ...`` line each); the other results are written and the exit
-status is then 1.
+does the work batch by batch (or, with ``--ray``,
+:func:`attnviz.workflows.pipeline_ray.analyze_to_folder_on_ray` on Ray Data), and
+:class:`AnalyzePrinter` turns its events into the command's lines: notes and each model's progress
+(:mod:`.progress`) on stderr, one line per written result on stdout with ``-v`` only, and a closing
+``Wrote N files`` line on stdout. An unreadable image is skipped (one ``attnviz: skipped: ...`` line
+each); the other results are written and the exit status is then 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from attnviz.backends import ProgressFn, get_spec
 from attnviz.cli.console import EXIT_FAILURE, EXIT_OK, Failure, UsageError, note, os_message
+from attnviz.cli.progress import FolderProgress
 from attnviz.core.errors import AttnvizError
 from attnviz.core.records import Analysis
 from attnviz.io.export import SUMMARY_FILENAME, validate_style
@@ -27,8 +31,9 @@ __all__ = ["AnalyzePrinter", "run_analyze"]
 _PROGRESS_EVERY_S = 2.0
 
 
-def _progress_printer(err: TextIO, model: str) -> ProgressFn:
-    """A ``progress(message, fraction)`` callback printing to stderr, downloads at most every 2 s."""
+def _progress_printer(write: Callable[[str], None], model: str) -> ProgressFn:
+    """A ``progress(message, fraction)`` callback giving ``write`` (a note on stderr) its lines,
+    downloads at most every 2 s."""
     last = [0.0]
 
     def progress(message: str, fraction: float | None) -> None:
@@ -38,7 +43,7 @@ def _progress_printer(err: TextIO, model: str) -> ProgressFn:
             return
         last[0] = now
         percent = f" ({fraction:.0%})" if ongoing and fraction is not None else ""
-        note(err, f"[{model}] {message}{percent}")
+        write(f"[{model}] {message}{percent}")
 
     return progress
 
@@ -86,37 +91,72 @@ def _top1(analysis: Analysis) -> str:
 
 
 class AnalyzePrinter:
-    """Turns pipeline events into the CLI's lines: notes on stderr, one line per result on stdout."""
+    """Turns pipeline events into the CLI's lines.
 
-    def __init__(self, target: Path, verbose: bool, out: TextIO, err: TextIO) -> None:
+    On stderr: the loading and download notes, the analyses' notes and the progress of each model
+    (a :class:`~attnviz.cli.progress.FolderProgress`: bars on a terminal, else a line every
+    ``period_s`` seconds and one at the end of each model's pass). On stdout, with ``verbose`` only:
+    a header per model and one line per written result.
+
+    Args:
+        target: the output folder (named in the result lines).
+        verbose: also print the result lines on ``out``.
+        out: stdout.
+        err: stderr.
+        images: the run's image paths, folders expanded (the progress totals).
+        tty: bars (True) or lines (False) on ``err``; None asks ``err.isatty()``.
+        period_s: seconds between progress lines off a terminal (None: the class default, 10 s).
+        clock: a monotonic clock in seconds, for the progress lines.
+    """
+
+    def __init__(
+        self,
+        target: Path,
+        verbose: bool,
+        out: TextIO,
+        err: TextIO,
+        images: Sequence[str] = (),
+        *,
+        tty: bool | None = None,
+        period_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.target, self.verbose, self.out, self.err = target, verbose, out, err
+        self.progress = FolderProgress(err, images, tty=tty, period_s=period_s, clock=clock)
         self.model: str | None = None
         self.downloads: dict[str, ProgressFn] = {}
 
     def __call__(self, event: PipelineEvent) -> None:
         name = event.model or ""
         if event.kind in ("loading", "analysing"):
-            note(self.err, f"[{name}] {event.message}")
+            self.progress.note(f"[{name}] {event.message}")
         elif event.kind == "download":
             # With -v the library's INFO logs already say the same.
             if not self.verbose:
-                printer = self.downloads.setdefault(name, _progress_printer(self.err, name))
+                printer = self.downloads.setdefault(name, _progress_printer(self.progress.note, name))
                 printer(event.message, event.fraction)
         elif event.kind == "written" and event.analysis is not None:
             self._result(name, event.image or "", event.folder or "", event.analysis)
-        # "skipped": listed once at the end
+        # "skipped": counted by the progress, listed once at the end
+        self.progress(event)
+
+    def close(self) -> None:
+        """Closes the progress bars still open (after a failure)."""
+        self.progress.close()
 
     def _result(self, name: str, image: str, folder: str, analysis: Analysis) -> None:
-        if name != self.model:
-            self.model = name
-            untrained = ", UNTRAINED" if analysis.untrained else ""
-            self.out.write(f"{name} ({analysis.weights} weights{untrained})\n")
-        where = self.target / folder
-        head = "" if analysis.detections is not None else "top-1 "
-        self.out.write(f"  {image}: {head}{_top1(analysis)}, {len(analysis.records)} records -> {where}/\n")
-        self.out.flush()
+        if self.verbose:
+            lines = ""
+            if name != self.model:
+                self.model = name
+                untrained = ", UNTRAINED" if analysis.untrained else ""
+                lines += f"{name} ({analysis.weights} weights{untrained})\n"
+            where = self.target / folder
+            head = "" if analysis.detections is not None else "top-1 "
+            lines += f"  {image}: {head}{_top1(analysis)}, {len(analysis.records)} records -> {where}/\n"
+            self.progress.write(self.out, lines)
         for line in analysis.notes:
-            note(self.err, f"[{name}] {line}")
+            self.progress.note(f"[{name}] {line}")
 
 
 def _timing_line(report: PipelineReport) -> str:
@@ -133,14 +173,38 @@ def _timing_line(report: PipelineReport) -> str:
     )
 
 
+def _on_ray(
+    images: list[str],
+    models: list[str],
+    target: Path,
+    ray: str,
+    options: dict[str, Any],
+    printer: AnalyzePrinter,
+) -> PipelineReport:
+    """The folder run on Ray Data: ``ray`` is ``"auto"`` (this machine's Ray) or an address."""
+    try:  # lazily: Ray is slow to import and only this option needs it
+        from attnviz.workflows.pipeline_ray import analyze_to_folder_on_ray
+    except ImportError as exc:
+        raise Failure(f"--ray needs Ray Data (pip install 'ray[data]'): {exc}") from exc
+    address = None if ray == "auto" else ray
+    try:
+        report: PipelineReport = analyze_to_folder_on_ray(
+            images, models, target, address=address, **options, progress=printer
+        )
+    except ConnectionError as exc:  # an OSError, but not the output folder's
+        where = "the Ray of this machine (start one with: ray start --head)" if address is None else address
+        raise Failure(f"cannot reach {where}: {os_message(exc)}") from exc
+    return report
+
+
 def run_analyze(
     args: argparse.Namespace, out: TextIO, err: TextIO, *, max_images: int, max_models: int
 ) -> int:
-    """Runs ``attnviz analyze`` with parsed arguments.
+    """Runs ``attnviz analyze`` with parsed arguments, locally or on Ray (``--ray``).
 
     Args:
         args: the parsed ``analyze`` arguments.
-        out: where the result lines go (stdout).
+        out: where the closing line goes, and the result lines with ``-v`` (stdout).
         err: where notes, progress and skipped files go (stderr).
         max_images: most images accepted, after folders are expanded.
         max_models: most models accepted, duplicates removed.
@@ -151,9 +215,10 @@ def run_analyze(
     Raises:
         UsageError: too many images or models, or a bad overlay style.
         Failure: nothing to read, a missing checkpoint, an output that is not a folder, nothing
-            written, or a write that failed.
+            written, a write that failed, or (``--ray``) no Ray to import or to reach.
         AttnvizError: from the library (unknown model, device, weights).
     """
+    ray: str | None = getattr(args, "ray", None)
     images, models = _check_args(args, max_images, max_models)
     if args.weights == "random":
         note(
@@ -162,25 +227,29 @@ def run_analyze(
             "show no learned behaviour (every result is marked untrained).",
         )
     target = Path(args.out)
+    options: dict[str, Any] = {
+        "weights": args.weights,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "gradcam": not args.no_gradcam,
+        "autocast": args.autocast,
+        "cmap": args.cmap,
+        "alpha": args.alpha,
+        "scale": args.scale,
+    }
+    printer = AnalyzePrinter(target, bool(args.verbose), out, err, images)
     try:
-        report = analyze_to_folder(
-            images,
-            models,
-            target,
-            weights=args.weights,
-            device=args.device,
-            batch_size=args.batch_size,
-            gradcam=not args.no_gradcam,
-            autocast=args.autocast,
-            cmap=args.cmap,
-            alpha=args.alpha,
-            scale=args.scale,
-            progress=AnalyzePrinter(target, bool(args.verbose), out, err),
-        )
+        with printer.progress.logs_above_bars():
+            if ray is None:
+                report = analyze_to_folder(images, models, target, **options, progress=printer)
+            else:
+                report = _on_ray(images, models, target, ray, options, printer)
     except (OSError, ValueError) as exc:
         if isinstance(exc, (AttnvizError, BrokenPipeError)):
             raise
         raise Failure(f"cannot write the results to {target}: {os_message(exc)}") from exc
+    finally:
+        printer.close()
 
     if not report.results:  # no image could be read: nothing was written
         if len(report.skipped) == 1:

@@ -8,9 +8,11 @@ exiting, so that every error ends as one line.
 from __future__ import annotations
 
 import argparse
+import re
 from typing import NoReturn
 
 from attnviz.cli.console import PROG, UsageError
+from attnviz.cli.serve import add_serve_parser
 from attnviz.cli.train import add_train_parser
 from attnviz.core.scales import SCALE_MODES
 from attnviz.workflows.pipeline import DEFAULT_BATCH_SIZE, IMAGE_EXTENSIONS, MAX_BATCH_SIZE
@@ -63,6 +65,7 @@ def build_parser(max_images: int, max_models: int) -> RaisingParser:
     _add_zoo(commands, verbose)
     add_train_parser(commands, verbose)
     _add_bench(commands, verbose)
+    add_serve_parser(commands, verbose)
     return parser
 
 
@@ -82,7 +85,9 @@ def _add_analyze(
             "other; images go through each in batches, read ahead of the forward and written while "
             f"the next batch runs. At most {max_images} images and {max_models} models per call. "
             "An unreadable image is skipped and named on stderr; the exit status is then 1, "
-            "though every other result is written (0 when every image was analysed)."
+            "though every other result is written (0 when every image was analysed). Progress goes "
+            "to stderr: a bar per model on a terminal, else a line every 10 s and one per finished "
+            "model; stdout gets the closing line, and with -v a line per result."
         ),
     )
     run.add_argument(
@@ -133,6 +138,17 @@ def _add_analyze(
         help="colour scale of the overlays: absolute (default: gates and Grad-CAM on 0-1, other maps "
         "from 0 to their largest value) or stretched (each map's own min-max); every overlay shows its "
         "colour bar and summary.json gives each map's range and scale",
+    )
+    run.add_argument(
+        "--ray",
+        nargs="?",
+        type=_ray_address,
+        const="auto",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray Data instead of in this process (the same results in the same folder). "
+        "Without a value (auto) it joins the Ray this machine belongs to (start it first with: ray "
+        "start --head); ray://HOST:10001 reaches a remote head, HOST:6379 a cluster's GCS address",
     )
 
 
@@ -191,6 +207,16 @@ def _batch_size(text: str) -> int:
     if not 1 <= value <= MAX_BATCH_SIZE:
         raise argparse.ArgumentTypeError(message)
     return value
+
+
+def _ray_address(text: str) -> str:
+    # An image path taken for the address (``analyze --ray a.png b.png``) must not pass.
+    if text == "auto" or re.fullmatch(r"ray://\S+|[\w.-]+:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected auto, ray://HOST:PORT or HOST:PORT, got {text!r} (put --ray after the images, "
+        "or write --ray=ADDRESS)"
+    )
 
 
 def _alpha(text: str) -> float:

@@ -599,7 +599,7 @@ def test_cli_analyze_transformers_and_zoo(tmp_path: Path, capsys: pytest.Capture
     out = tmp_path / "out"
     models = ["deit_tiny_patch16_224", "zoo_cbam", DINO]
     args = ["analyze", str(png), *[a for m in models for a in ("--model", m)]]
-    rc = main([*args, "--weights", "random", "--device", "cpu", "--out", str(out)])
+    rc = main([*args, "-v", "--weights", "random", "--device", "cpu", "--out", str(out)])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "Traceback" not in captured.err

@@ -114,11 +114,12 @@ def test_entry_point_runs_as_a_module() -> None:
 def test_analyze_writes_a_bundle(png: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     args = ["analyze", str(png), "--model", "skresnet18", "--model", "gcresnext26ts"]
-    rc = main([*args, "--weights", "random", "--device", "cpu", "--out", str(out)])
+    rc = main([*args, "--weights", "random", "--device", "cpu", "--out", str(out), "-v"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "Traceback" not in captured.err
     assert "UNTRAINED" in captured.err  # the note before the run
+    # -v: a header per model on stdout (and a line per result)
     assert "skresnet18 (random weights, UNTRAINED)" in captured.out
     assert "gcresnext26ts (random weights, UNTRAINED)" in captured.out
 
@@ -257,11 +258,11 @@ def test_analyze_a_folder_in_batches_skips_unreadable_files(
     out = tmp_path / "out"
     models = ["zoo_se", "zoo_cbam"]
     args = ["analyze", str(folder), *(f"-m{m}" for m in models), "--batch-size", "2", "--no-gradcam"]
-    rc = main([*args, "--device", "cpu", "--out", str(out)])
+    rc = main([*args, "--device", "cpu", "--out", str(out), "-v"])
     captured = capsys.readouterr()
     assert rc == 1, captured.err  # one file could not be read: 1, though the rest is written
     patterns = []
-    for model in models:  # model by model, each result as soon as it is written
+    for model in models:  # -v: model by model, each result as soon as it is written
         patterns.append(re.escape(f"{model} (pretrained weights)"))
         patterns += [
             re.escape(f"  {p}: top-1 ")
@@ -281,6 +282,8 @@ def test_analyze_a_folder_in_batches_skips_unreadable_files(
     assert f"attnviz: skipped: {folder / 'bad.png'} is not a supported image" in captured.err
     assert err[-1].startswith("attnviz: error: 1 of 4 image(s) could not be read")
     assert any("images/s" in line and "forward" in line and "render+write" in line for line in err)
+    for model in models:  # each model's progress ends with one line (off a terminal)
+        assert sum(line.startswith(f"attnviz: [{model}] 3/3 images, ") for line in err) == 1, err
     summary = json.loads((out / "summary.json").read_text("utf-8"))
     assert [(r["image"], r["model"]) for r in summary["results"]] == [
         (str(p), m) for m in models for p in good
@@ -307,6 +310,9 @@ def test_analyze_exits_zero_when_every_image_was_analysed(
         "img2/zoo_se",
     ]
     assert "error" not in captured.err
+    # without -v stdout holds only the closing line; the progress is on stderr
+    assert captured.out.startswith("Wrote ") and len(captured.out.splitlines()) == 1, captured.out
+    assert "attnviz: [zoo_se] 4/4 images, " in captured.err
 
 
 @pytest.mark.parametrize("value", ["0", "65", "x", "2.5", "-1"])
