@@ -5,7 +5,9 @@ colormap and opacity: :func:`ui.sidebar.draw_sidebar`, which also names their ``
 ``st.session_state``) and runs the page chosen in the navigation. Which weights a model runs with is
 decided per model where models run (the Compare page: the zoo's own weights, cached pretrained
 weights, else random, with a per-model override), and results from random weights say so in their
-own column. Pages only call :mod:`attnviz` functions: no hooks and no torch module internals here.
+own column. Models run in this process, or on a Ray cluster when one is named (:mod:`ui.backend`;
+one clear message at start when it cannot be reached). Pages only call :mod:`attnviz` functions: no
+hooks and no torch module internals here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 
 import streamlit as st
 
+from ui.backend import check_backend
 from ui.sidebar import draw_sidebar
 
 
@@ -39,6 +42,8 @@ def main() -> None:
         ]
     )
     draw_sidebar()
+    if check_backend() is None:  # a Ray cluster was named and cannot be used: say so, run nothing
+        st.stop()
     page.run()
 
 

@@ -7,7 +7,9 @@ a pick beyond that is refused with a message that says so, instead of being drop
 
 Weights are decided per model (:func:`weights_plan`): the zoo always runs its own trained weights,
 other models their pretrained weights when these are on this machine, else random weights; a
-person can ask for random weights for any chosen model.
+person can ask for random weights for any chosen model. When the models run on a Ray cluster
+(:mod:`ui.backend`) the groups offer only the models it serves, and each runs the pretrained weights
+of the cluster (a replica without them says so in the model's column).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import streamlit as st
 
 import attnviz
 from attnviz.backends import MODEL_GROUPS, default_weights
+from ui.backend import backend, ray_address
 from ui.maps import md
 
 __all__ = ["MAX_MODELS", "WeightsPlan", "group_key", "model_picker", "random_override", "weights_plan"]
@@ -50,6 +53,8 @@ def weights_plan(model: str, random: Sequence[str] = ()) -> WeightsPlan:
     spec = attnviz.get_spec(model)
     if model in random:
         return WeightsPlan(model, "random", "random weights, as asked (untrained)")
+    if ray_address() is not None:
+        return WeightsPlan(model, "pretrained", f"pretrained weights ({spec.trained_on}), on the Ray cluster")
     if default_weights(spec) == "random":
         return WeightsPlan(
             model, "random", "random weights: its pretrained weights are not on this machine", True
@@ -66,6 +71,9 @@ def group_key(prefix: str, group: str) -> str:
 
 def _groups() -> dict[str, list[attnviz.ModelSpec]]:
     specs = attnviz.list_models()
+    if ray_address() is not None:  # only what the cluster serves
+        served = backend().served() or set()
+        specs = [s for s in specs if s.name in served]
     return {g: [s for s in specs if s.group == g] for g in MODEL_GROUPS}
 
 
@@ -107,6 +115,8 @@ def model_picker(prefix: str, default: Sequence[str]) -> list[str]:
     for group, specs in groups.items():
         key = group_key(prefix, group)
         names = [s.name for s in specs]
+        if not names and ray_address() is not None:  # a Ray cluster that serves none of this group
+            continue
         if key not in state:  # first visit, or the widget was not drawn on the last page
             state[key] = [m for m in state[order_key] if m in names]
         described = "\n".join(f"- **{md(s.name)}**: {md(s.description)}" for s in specs)

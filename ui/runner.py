@@ -1,8 +1,8 @@
 """Run a model for a page and report a failure the same way on every page.
 
-The Compare page, the Scene lab and the Modules page each load a model (:func:`ui.cached_model`) and
-analyse pictures with it (:func:`attnviz.analyze`). When that fails, the page keeps a
-:class:`Failure` in its session store and shows it where the result would have been
+The Compare page, the Scene lab and the Modules page each analyse pictures with a model through the
+app's backend (:func:`ui.backend.backend`: in this process, or on a Ray cluster). When that fails,
+the page keeps a :class:`Failure` in its session store and shows it where the result would have been
 (:func:`show_failure`): for an attnviz error its one plain sentence with the details in an expander
 (:func:`ui.maps.error_parts`), for anything else only :data:`UNEXPECTED`; the traceback goes to the
 server log, never to the page.
@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 import attnviz
-from ui import cached_model
+from ui.backend import backend
 from ui.maps import error_parts, error_with_details
 
 __all__ = ["UNEXPECTED", "Failure", "attempt", "failure_of", "run_model", "show_failure"]
@@ -75,17 +75,18 @@ def run_model(
     context: str,
     *,
     progress: attnviz.backends.ProgressFn | None = None,
-    on_loaded: Callable[[attnviz.LoadedModel], None] | None = None,
+    on_loaded: Callable[[], None] | None = None,
     gradcam: bool = True,
 ) -> list[attnviz.Analysis] | Failure:
     """Analyse ``images`` with the shared ``(model, weights, device)``, or say why it could not.
 
     Args:
-        model, weights, device: which model (:func:`ui.cached_model`).
+        model, weights, device: which model (:func:`ui.cached_model` in-process; on Ray the
+            cluster's replicas decide the device).
         images: the pictures (anything :func:`attnviz.analyze` takes).
         log, context: where and how a failure is logged (:func:`failure_of`).
         progress: the loader's progress callback.
-        on_loaded: called with the model once it is loaded, before the analysis.
+        on_loaded: called once the model is ready, before the analysis.
         gradcam: passed to :func:`attnviz.analyze`.
 
     Returns:
@@ -93,10 +94,9 @@ def run_model(
     """
 
     def work() -> list[attnviz.Analysis]:
-        loaded = cached_model(model, weights, device, progress)
-        if on_loaded is not None:
-            on_loaded(loaded)
-        return attnviz.analyze(loaded, list(images), gradcam=gradcam)
+        return backend().analyze(
+            model, weights, device, images, gradcam=gradcam, progress=progress, on_loaded=on_loaded
+        )
 
     return attempt(model, work, log, context)
 

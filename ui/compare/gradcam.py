@@ -16,7 +16,8 @@ import streamlit as st
 
 import attnviz
 from attnviz.core.scales import GRADCAM, map_scale
-from ui import Settings, cached_model, store
+from ui import Settings, store
+from ui.backend import backend
 from ui.compare.downloads import download, map_png
 from ui.compare.inputs import decode_all
 from ui.compare.state import PENDING_CAM_KEY, RESULTS_KEY, TARGET_KEY, Column, ImageRef, RunConfig, digest
@@ -35,7 +36,7 @@ def target_key(model: str, image: ImageRef) -> str:
 def _categories(col: Column, device: str) -> tuple[str, ...]:
     """The model's class names (the model is loaded: it produced the result)."""
     try:
-        return cached_model(col.model, col.weights, device).categories
+        return backend().categories(col.model, col.weights, device)
     except Exception:  # the model cannot be loaded any more (weights removed): no re-targeting
         log.exception("cannot reload %s for its class names", col.model)
         return ()
@@ -91,9 +92,12 @@ def _retarget(config: RunConfig, image: ImageRef, col: Column, target: int) -> a
     if failed or col.analysis is None:
         return None
     try:
-        loaded = cached_model(col.model, col.weights, config.device)
-        with st.spinner(f"Grad-CAM of {loaded.categories[target]} for {col.model}"):
-            [done] = attnviz.add_gradcam(loaded, [col.analysis], [images[image.key]], targets=[target])
+        models = backend()
+        label = models.categories(col.model, col.weights, config.device)[target]
+        with st.spinner(f"Grad-CAM of {label} for {col.model}"):
+            [done] = models.add_gradcam(
+                col.model, col.weights, config.device, [col.analysis], [images[image.key]], [target]
+            )
     except attnviz.AttnvizError as err:
         st.warning(f"The Grad-CAM of that class could not be computed: {err}", icon=":material/warning:")
         return None
@@ -133,9 +137,13 @@ def add_gradcams(config: RunConfig, image: ImageRef, slots: dict, settings: Sett
             continue
         targets = [st.session_state.get(target_key(model, ref)) for ref in refs]
         try:
-            loaded = cached_model(model, config.weights_of(model), config.device)
-            done = attnviz.add_gradcam(
-                loaded, [results[k] for k in keys], [pending[k] for k in keys], targets=targets
+            done = backend().add_gradcam(
+                model,
+                config.weights_of(model),
+                config.device,
+                [results[k] for k in keys],
+                [pending[k] for k in keys],
+                targets,
             )
         except Exception as err:
             if isinstance(err, attnviz.AttnvizError):

@@ -61,9 +61,7 @@ def run(config: RunConfig, decoded: dict[str, Image.Image]) -> None:
                 # Loading is the first half of each model's share of the bar, analysing the second.
                 bar.progress(min(1.0, (i + 0.5 * (fraction or 0.0)) / n), text=message)
 
-            def loaded(
-                _: attnviz.LoadedModel, i: int = i, model: str = model, count: int = len(missing)
-            ) -> None:
+            def loaded(i: int = i, model: str = model, count: int = len(missing)) -> None:
                 bar.progress((i + 0.5) / n, text=f"Analysing {count} image(s) with {model}")
 
             # Native maps first (one forward); Grad-CAM (a forward and a backward more) is added
