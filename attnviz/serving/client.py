@@ -30,7 +30,7 @@ from attnviz.core.records import Analysis
 from attnviz.runtime import as_rgb_array
 from attnviz.serving.settings import APP_NAME
 
-__all__ = ["DEFAULT_TIMEOUT_S", "RETRIES", "RayClient", "connect", "probe"]
+__all__ = ["DEFAULT_TIMEOUT_S", "RETRIES", "SERVE_HINT", "RayClient", "connect", "host_port", "probe"]
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +46,43 @@ Progress = Callable[[int, int], None]
 """``progress(done, total)``, called as answers arrive."""
 
 
-def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """Raise :class:`ServingError` unless something listens at ``address``'s host and port.
+SERVE_HINT = (
+    "start it with `ray start --head` and `python -m attnviz serve`, or run the models in this "
+    "process (no Ray address)"
+)
+"""What :func:`probe` suggests by default (for the models); a folder run suggests its own."""
 
-    ``"auto"`` and addresses without a port are left to Ray. Accepts ``host:port`` (a cluster's
-    GCS, what ``ray start --head`` prints) and ``ray://host:port`` (Ray Client).
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host:port`` or ``ray://host:port``; None for ``auto`` and the like.
+
+    Raises:
+        ServingError: a port that is not a number.
     """
-    if address in ("", "auto", "local"):
-        return
     parts = urlsplit(address if "://" in address else f"tcp://{address}")
     try:
         host, port = parts.hostname, parts.port
     except ValueError:
         raise ServingError(f"{address!r} is not a Ray address (host:port or ray://host:port).") from None
-    if not host or not port:
+    return (host, port) if host and port else None
+
+
+def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S, hint: str = SERVE_HINT) -> None:
+    """Raise :class:`ServingError` unless something listens at ``address``'s host and port.
+
+    ``"auto"`` and addresses without a port are left to Ray. Accepts ``host:port`` (a cluster's
+    GCS, what ``ray start --head`` prints) and ``ray://host:port`` (Ray Client). The error is one
+    sentence ending with ``hint``.
+    """
+    target = host_port(address) if address not in ("", "auto", "local") else None
+    if target is None:
         return
     try:
-        with socket.create_connection((host, port), timeout=timeout_s):
+        with socket.create_connection(target, timeout=timeout_s):
             pass
     except OSError as err:
         why = err.strerror or type(err).__name__
-        raise ServingError(
-            f"Cannot reach the Ray cluster at {address} ({why}): start it with `ray start --head` and "
-            "`python -m attnviz serve`, or run the models in this process (no Ray address)."
-        ) from None
+        raise ServingError(f"Cannot reach the Ray cluster at {address} ({why}): {hint}.") from None
 
 
 def connect(

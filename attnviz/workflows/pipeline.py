@@ -70,8 +70,10 @@ __all__ = [
     "PipelineEvent",
     "PipelineReport",
     "ProgressCallback",
+    "RunBase",
     "SkippedImage",
     "analyze_to_folder",
+    "check_args",
     "expand_image_paths",
 ]
 
@@ -100,8 +102,10 @@ class _Tally:
     write_s: float = 0.0
 
 
-class _Run:
-    """The calling thread's side of one :func:`analyze_to_folder` call."""
+class RunBase:
+    """The calling thread's side of a folder run, wherever its forwards run: the writer thread, the
+    folder names, the skips met, each model's tallies and the events; the local run
+    (:class:`_Run`) and the Ray Data run (:mod:`.pipeline_ray`) add how batches are analysed."""
 
     def __init__(
         self,
@@ -115,9 +119,8 @@ class _Run:
         self.options = options
         self.progress = progress
         self.stop = threading.Event()
-        # read here, when the run starts, so that what they call can be replaced (tests do)
-        self.decoder = Decoder(paths, len(models), options["batch_size"], self.stop, load=load_image)
         style = (options["cmap"], options["alpha"], options["scale"])
+        # read here, when the run starts, so that what they call can be replaced (tests do)
         self.writer = Writer(out_dir, style, self.stop, render_result=export_result, write=write_bundle)
         self.folders = FolderNames()
         self.skipped: dict[str, SkippedImage] = {}
@@ -128,9 +131,8 @@ class _Run:
         if self.progress is not None:
             self.progress(event)
 
-    def execute(self) -> None:
-        for index, name in enumerate(self.models):
-            self._model_pass(index, name)
+    def finish(self) -> None:
+        """After the last job: wait for the writer, report its last jobs, write ``summary.json``."""
         if not put_unless_stopped(self.writer.inbox, END, self.stop, self.writer):
             return
         self.writer.join()
@@ -139,6 +141,69 @@ class _Run:
         if self.writer.entries:
             write_bundle({SUMMARY_FILENAME: summary_json(self.writer.entries)}, self.out_dir)
             self.writer.files += 1
+
+    def report(self, wall: float, utilization: float | None) -> PipelineReport:
+        """The run's :class:`PipelineReport`, ``wall`` seconds after it started."""
+        return PipelineReport(
+            out_dir=self.out_dir,
+            results=self.written,
+            files=self.writer.files,
+            skipped=tuple(self.skipped.values()),
+            models=tuple(
+                ModelTiming(name, t.results, t.batches, t.load_s, t.forward_s, t.write_s)
+                for name, t in zip(self.models, self.tallies, strict=True)
+            ),
+            wall_s=wall,
+            images_per_s=self.written / wall if wall > 0 else 0.0,
+            gpu_utilization=utilization,
+        )
+
+    def _drain(self) -> None:
+        """Events and timings for every job the writer finished so far."""
+        self.writer.raise_if_failed()
+        total = len(self.paths) * len(self.models)
+        while True:
+            try:
+                done: Written = self.writer.outbox.get_nowait()
+            except queue.Empty:
+                return
+            name = self.models[done.model_index]
+            tally = self.tallies[done.model_index]
+            tally.write_s += done.seconds
+            for image, analysis, folder in done.items:
+                tally.results += 1
+                self.written += 1
+                self.emit(
+                    PipelineEvent(
+                        "written",
+                        name,
+                        f"wrote {folder}/",
+                        fraction=self.written / total,
+                        image=image,
+                        folder=folder,
+                        analysis=analysis,
+                    )
+                )
+
+
+class _Run(RunBase):
+    """The calling thread's side of one :func:`analyze_to_folder` call."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        models: list[str],
+        out_dir: Path,
+        options: dict[str, Any],
+        progress: ProgressCallback | None,
+    ) -> None:
+        super().__init__(paths, models, out_dir, options, progress)
+        self.decoder = Decoder(paths, len(models), options["batch_size"], self.stop, load=load_image)
+
+    def execute(self) -> None:
+        for index, name in enumerate(self.models):
+            self._model_pass(index, name)
+        self.finish()
 
     def _model_pass(self, index: int, name: str) -> None:
         item = self._next()
@@ -189,35 +254,8 @@ class _Run:
                 self.emit(PipelineEvent("skipped", None, skip.message, image=skip.path))
         return item
 
-    def _drain(self) -> None:
-        """Events and timings for every job the writer finished so far."""
-        self.writer.raise_if_failed()
-        total = len(self.paths) * len(self.models)
-        while True:
-            try:
-                done: Written = self.writer.outbox.get_nowait()
-            except queue.Empty:
-                return
-            name = self.models[done.model_index]
-            tally = self.tallies[done.model_index]
-            tally.write_s += done.seconds
-            for image, analysis, folder in done.items:
-                tally.results += 1
-                self.written += 1
-                self.emit(
-                    PipelineEvent(
-                        "written",
-                        name,
-                        f"wrote {folder}/",
-                        fraction=self.written / total,
-                        image=image,
-                        folder=folder,
-                        analysis=analysis,
-                    )
-                )
 
-
-def _check_args(
+def check_args(
     images: Sequence[str | os.PathLike[str]],
     models: Sequence[str],
     batch_size: int,
@@ -226,6 +264,14 @@ def _check_args(
     alpha: float,
     scale: str = "absolute",
 ) -> tuple[list[str], list[str]]:
+    """Checks :func:`analyze_to_folder`'s arguments (any runner of it uses this check).
+
+    Returns:
+        The image paths (folders expanded) and the model names (duplicates dropped), in order.
+
+    Raises:
+        TypeError, ValueError, UnknownModelError: as :func:`analyze_to_folder` documents.
+    """
     if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
         raise TypeError(f"images must be a sequence of paths, got {type(images).__name__}")
     if not images:
@@ -246,6 +292,9 @@ def _check_args(
         raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
     validate_style(cmap, alpha, scale)
     return paths, names
+
+
+_check_args = check_args  # the former private name
 
 
 def analyze_to_folder(
@@ -298,7 +347,7 @@ def analyze_to_folder(
         WeightsUnavailableError, CheckpointError, GPUMemoryError: from loading or running a model.
         OSError: an output file could not be written (raised from the writer thread).
     """
-    paths, names = _check_args(images, models, batch_size, autocast, cmap, alpha, scale)
+    paths, names = check_args(images, models, batch_size, autocast, cmap, alpha, scale)
     dev = resolve_device(device)
     options = {
         "weights": weights,
@@ -325,20 +374,7 @@ def analyze_to_folder(
         utilization = sampler.stop()
     wall = time.perf_counter() - start
 
-    timings = tuple(
-        ModelTiming(name, t.results, t.batches, t.load_s, t.forward_s, t.write_s)
-        for name, t in zip(names, run.tallies, strict=True)
-    )
-    report = PipelineReport(
-        out_dir=Path(out_dir),
-        results=run.written,
-        files=run.writer.files,
-        skipped=tuple(run.skipped.values()),
-        models=timings,
-        wall_s=wall,
-        images_per_s=run.written / wall if wall > 0 else 0.0,
-        gpu_utilization=utilization,
-    )
+    report = run.report(wall, utilization)
     log.info(
         "%d results, %d files in %.1f s (%.2f images/s), %d skipped",
         report.results,
