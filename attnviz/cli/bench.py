@@ -30,6 +30,8 @@ def run_bench_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
     for name in args.model or ():
         get_spec(name)  # UnknownModelError lists the known names
     device = resolve_device(args.device)
+    if args.serve:
+        return _serve_bench(args, device, out, err)
     note(err, f"benchmarking on {device}{' (small mode)' if args.small else ''}; this takes a while")
     try:
         report = bench.run_bench(
@@ -46,4 +48,26 @@ def run_bench_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         out.write("\n")
     else:
         out.write(bench.format_report(report) + "\n")
+    return EXIT_OK
+
+
+def _serve_bench(args: argparse.Namespace, device: object, out: TextIO, err: TextIO) -> int:
+    """``bench --serve``: :mod:`attnviz.workflows.bench_serve`."""
+    from attnviz.workflows import bench_serve
+
+    if args.model and len(args.model) > 1:
+        raise UsageError("bench --serve measures one model: give --model once")
+    note(err, f"bench --serve on {device}: in-process, then Ray Serve; this takes a few minutes")
+    report = bench_serve.run_serve_bench(
+        model=args.model[0] if args.model else None,
+        device=str(device),
+        small=args.small,
+        rounds=args.repeats or 4,
+        progress=lambda line: note(err, line),
+    )
+    if args.json:
+        json.dump(bench_serve.serve_report_to_json(report), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(bench_serve.format_serve_report(report) + "\n")
     return EXIT_OK

@@ -196,6 +196,11 @@ def _add_bench(commands: argparse._SubParsersAction[RaisingParser], verbose: Rai
     bench.add_argument(
         "--no-playground", action="store_true", help="skip the playground's default training run"
     )
+    bench.add_argument(
+        "--serve",
+        action="store_true",
+        help="instead: 1, 8 and 32 concurrent users, in-process lock vs Ray Serve batching (DeiT-small)",
+    )
 
 
 def _batch_size(text: str) -> int:

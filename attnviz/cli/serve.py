@@ -151,7 +151,8 @@ def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     note(err, f"deploying {len(settings.models)} model(s); each replica loads its model, which takes a while")
     start = time.perf_counter()
     deploy(settings, name=name, route_prefix=prefix, http_options=http)
-    where = "a local Ray" if started_here else f"the Ray cluster at {args.address}"
+    gcs = ray.get_runtime_context().gcs_address
+    where = f"a local Ray ({gcs})" if started_here else f"the Ray cluster at {gcs}"
     took = time.perf_counter() - start
     out.write(f"Serving {len(settings.models)} model(s) on {where} (ready in {took:.0f} s):\n")
     for m in settings.models:
@@ -160,7 +161,7 @@ def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(f"  {m.name}: {m.replicas} replica(s), {cpu:g} CPU and {gpu:g} GPU each\n")
     url = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', DEFAULT_PORT)}{prefix.rstrip('/')}"
     out.write(f"HTTP: GET {url}/ lists the models, POST an image to {url}/analyze?model=NAME\n")
-    out.write("App: ATTNVIZ_RAY_ADDRESS=<this cluster's address> make run\n")
+    out.write(f"App: ATTNVIZ_RAY_ADDRESS={gcs} make run (from another machine: ray://HEAD:10001)\n")
     out.flush()
     if started_here or args.block:
         note(err, "serving until Ctrl-C")

@@ -111,6 +111,11 @@ def connect(
         try:
             ray.init(address=target, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as err:
+            if target == "auto":
+                raise ServingError(
+                    "No Ray cluster runs on this machine: start one with `ray start --head` and "
+                    "`python -m attnviz serve`, or name one (HOST:6379 or ray://HOST:10001)."
+                ) from None
             raise ServingError(f"Cannot join the Ray cluster at {target}: {_first_line(err)}") from None
     return RayClient(address, app_name=app_name, timeout_s=timeout_s)
 
@@ -142,7 +147,10 @@ class RayClient:
             raise ServingError(self._no_app(f"Serve is not running ({_first_line(err)})")) from None
         if status is None:
             raise ServingError(self._no_app("no application of that name"))
-        if str(status.status).rsplit(".", 1)[-1] != "RUNNING":
+        state = str(status.status).rsplit(".", 1)[-1]
+        if state in ("DEPLOYING", "UNHEALTHY"):  # Serve is replacing replicas: requests will wait
+            log.warning("the attnviz application on %s is %s: %s", self.where, state, status.message)
+        elif state != "RUNNING":
             raise ServingError(
                 self._no_app(f"the application is {status.status}: {status.message}".strip(": "))
             )

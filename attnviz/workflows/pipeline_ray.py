@@ -96,23 +96,34 @@ def _connect(address: str | None) -> bool:
     try:
         ray.init(address=address or "auto", log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as err:
+        if address in (None, "", "auto"):
+            raise ServingError(
+                "No Ray cluster runs on this machine: start one with `ray start --head`, or name one "
+                "(--ray HOST:6379 or ray://HOST:10001)."
+            ) from None
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ServingError(f"Cannot join the Ray cluster at {address or 'auto'}: {first}") from None
+        raise ServingError(f"Cannot join the Ray cluster at {address}: {first}") from None
     return True
 
 
 @contextlib.contextmanager
 def _preserve_order() -> Iterator[None]:
-    """Ray Data keeps the rows' order in datasets created meanwhile (each copies the context)."""
+    """Ray Data keeps the rows' order in datasets created meanwhile (each copies the context), and
+    keeps quiet: the command shows its own progress, so Ray Data's bars and INFO lines are off."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
-    before = context.execution_options.preserve_order
+    before = (context.execution_options.preserve_order, context.enable_progress_bars)
     context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    data_log = logging.getLogger("ray.data")
+    level = data_log.level
+    data_log.setLevel(max(level, logging.ERROR))
     try:
         yield
     finally:
-        context.execution_options.preserve_order = before
+        context.execution_options.preserve_order, context.enable_progress_bars = before
+        data_log.setLevel(level)
 
 
 def _load(path: str, cwd: str) -> Any:

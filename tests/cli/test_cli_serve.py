@@ -93,7 +93,7 @@ def test_serve_deploys_on_the_cluster_this_process_is_connected_to(ray_local: No
     try:
         code, out, err = run(["serve", "--config", str(path)])
         assert code == 0, err
-        assert out.startswith("Serving 1 model(s) on the Ray cluster at auto (ready in ")
+        assert out.startswith("Serving 1 model(s) on the Ray cluster at ")
         assert "  zoo_se: 1 replica(s), 0.1 CPU and 0 GPU each\n" in out
         assert "POST an image to http://127.0.0.1:8000/cli/analyze?model=NAME" in out
         client = attnviz.serving.connect(app_name="attnviz_cli")
