@@ -14,8 +14,9 @@ $(STAMP): requirements.txt | $(PY)
 	$(PY) -m pip install -r requirements.txt
 	touch $(STAMP)
 
+# `make run RAY=HEAD:6379` runs the models on that Ray cluster (README: Scaling out).
 run: $(STAMP)
-	$(PY) -m streamlit run app.py
+	$(PY) -m streamlit run app.py $(if $(RAY),-- --ray $(RAY))
 
 # Every test, slow ones included (what CI runs).
 test: $(STAMP)

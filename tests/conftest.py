@@ -48,6 +48,17 @@ def randomize_norms(module: nn.Module, seed: int = 0) -> None:
                     m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
+def write_pngs(folder, n: int, size: tuple[int, int]) -> list:
+    """``n`` seeded images (:func:`make_image`) saved as ``folder/img00.png``...; their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"img{i:02d}.png"
+        make_image(i, size).save(path)
+        paths.append(path)
+    return paths
+
+
 @pytest.fixture
 def images() -> list[Image.Image]:
     return [make_image(1), make_image(2, (300, 260))]

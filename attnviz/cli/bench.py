@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import TextIO
 
 from attnviz.backends import get_spec
@@ -43,12 +44,17 @@ def run_bench_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if args.json:
-        json.dump(bench.report_to_json(report), out, indent=2)
+    _print(out, args.json, lambda: bench.report_to_json(report), lambda: bench.format_report(report))
+    return EXIT_OK
+
+
+def _print(out: TextIO, as_json: bool, data: Callable[[], object], text: Callable[[], str]) -> None:
+    """The report: ``data()`` as JSON with ``--json``, else ``text()``."""
+    if as_json:
+        json.dump(data(), out, indent=2)
         out.write("\n")
     else:
-        out.write(bench.format_report(report) + "\n")
-    return EXIT_OK
+        out.write(text() + "\n")
 
 
 def _serve_bench(args: argparse.Namespace, device: object, out: TextIO, err: TextIO) -> int:
@@ -65,9 +71,10 @@ def _serve_bench(args: argparse.Namespace, device: object, out: TextIO, err: Tex
         rounds=args.repeats or 4,
         progress=lambda line: note(err, line),
     )
-    if args.json:
-        json.dump(bench_serve.serve_report_to_json(report), out, indent=2)
-        out.write("\n")
-    else:
-        out.write(bench_serve.format_serve_report(report) + "\n")
+    _print(
+        out,
+        args.json,
+        lambda: bench_serve.serve_report_to_json(report),
+        lambda: bench_serve.format_serve_report(report),
+    )
     return EXIT_OK

@@ -31,7 +31,7 @@ def add_serve_parser(commands: argparse._SubParsersAction, verbose: argparse.Arg
         description=(
             "Deploy the models on Ray Serve: one deployment per model, its replicas with their CPU and "
             "GPU share, single-image requests from every user batched together. App replicas reach it "
-            "with ATTNVIZ_RAY_ADDRESS; other clients POST images to /analyze."
+            "with make run RAY=ADDRESS; other clients POST images to /analyze."
         ),
     )
     serve.add_argument("--config", metavar="FILE", help="a Ray Serve config file (see serve.yaml)")
@@ -161,7 +161,7 @@ def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(f"  {m.name}: {m.replicas} replica(s), {cpu:g} CPU and {gpu:g} GPU each\n")
     url = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', DEFAULT_PORT)}{prefix.rstrip('/')}"
     out.write(f"HTTP: GET {url}/ lists the models, POST an image to {url}/analyze?model=NAME\n")
-    out.write(f"App: ATTNVIZ_RAY_ADDRESS={gcs} make run (from another machine: ray://HEAD:10001)\n")
+    out.write(f"App: make run RAY={gcs} (from outside the cluster: RAY=ray://HEAD:10001)\n")
     out.flush()
     if started_here or args.block:
         note(err, "serving until Ctrl-C")

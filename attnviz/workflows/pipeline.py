@@ -189,16 +189,11 @@ class RunBase:
 class _Run(RunBase):
     """The calling thread's side of one :func:`analyze_to_folder` call."""
 
-    def __init__(
-        self,
-        paths: list[str],
-        models: list[str],
-        out_dir: Path,
-        options: dict[str, Any],
-        progress: ProgressCallback | None,
-    ) -> None:
-        super().__init__(paths, models, out_dir, options, progress)
-        self.decoder = Decoder(paths, len(models), options["batch_size"], self.stop, load=load_image)
+    def __init__(self, *args: Any) -> None:  # RunBase's
+        super().__init__(*args)
+        self.decoder = Decoder(
+            self.paths, len(self.models), self.options["batch_size"], self.stop, load=load_image
+        )
 
     def execute(self) -> None:
         for index, name in enumerate(self.models):

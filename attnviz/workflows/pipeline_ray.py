@@ -217,15 +217,8 @@ class _RayRun(RunBase):
     """The driver's side of one :func:`analyze_to_folder_on_ray` call (the writer, tallies and
     events are the local run's: :class:`~attnviz.workflows.pipeline.RunBase`)."""
 
-    def __init__(
-        self,
-        paths: list[str],
-        models: list[str],
-        out_dir: Path,
-        options: dict[str, Any],
-        progress: ProgressCallback | None,
-    ) -> None:
-        super().__init__(paths, models, out_dir, options, progress)
+    def __init__(self, *args: Any) -> None:  # RunBase's
+        super().__init__(*args)
         self.cwd = os.getcwd()
 
     def say(

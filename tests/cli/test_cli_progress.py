@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_image
+from conftest import write_pngs
 
 from attnviz.cli import MAX_IMAGES, MAX_MODELS, main
 from attnviz.cli.analyze import AnalyzePrinter
@@ -66,13 +66,7 @@ def _written(model: str, image: str) -> PipelineEvent:
 
 
 def _write_pngs(folder: Path, n: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"img{i}.png"
-        make_image(i, (48, 60)).save(path)
-        paths.append(path)
-    return paths
+    return write_pngs(folder, n, (48, 60))
 
 
 # --------------------------------------------------------------------------------------------------

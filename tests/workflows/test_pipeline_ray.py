@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import plotly.io._html
 import pytest
-from conftest import make_image
+from conftest import write_pngs
 
 import attnviz.io.summary
 from attnviz import AttnvizError, CheckpointError, ServingError
@@ -80,13 +80,7 @@ def _run_both(
 
 
 def _write_pngs(folder: Path, n: int) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"img{i:02d}.png"
-        make_image(i, (40, 52)).save(path)
-        paths.append(str(path))
-    return paths
+    return [str(p) for p in write_pngs(folder, n, (40, 52))]
 
 
 def _bundle(out: Path) -> dict[str, bytes]:
