@@ -30,6 +30,7 @@ from ui import settings as read_settings
 from ui.compare.columns import draw_columns
 from ui.compare.deformable import deformable_views
 from ui.compare.downloads import download_everything
+from ui.compare.faithfulness import faithfulness_section
 from ui.compare.gradcam import add_gradcams
 from ui.compare.inputs import image_inputs, model_controls
 from ui.compare.runs import run
@@ -50,7 +51,8 @@ __all__ = ["main", "results"]
 
 
 def results(config: RunConfig, settings: Settings) -> None:
-    """Draw the last run's results: image picker, page controls, one column per model, the ZIP."""
+    """Draw the last run's results: image picker, page controls, one column per model, the sections
+    below them (transformer, deformable, faithfulness), the ZIP."""
     if not config.images or not config.models:
         return
     by_key = {ref.key: ref for ref in config.images}
@@ -75,6 +77,7 @@ def results(config: RunConfig, settings: Settings) -> None:
     analyses = {m: stored.get(config.result_key(image, m)) for m in config.models}
     transformer_views(config, image, analyses, settings, mode)
     deformable_views(analyses, settings, mode)
+    faithfulness_section(config, image)
     download_everything(config, settings, mode)
 
 

@@ -1,11 +1,12 @@
 """Where the app's models run: in this process (the default) or on a Ray cluster.
 
-Every page runs models through :func:`backend`: :meth:`Backend.analyze`, :meth:`Backend.add_gradcam`
-and :meth:`Backend.categories`. In this process (no address set) models are loaded into the shared
-cache (:func:`ui.cached_model`) and run under their lock; with a Ray address, the app process holds
-no model: each image is a request to the model's deployment on the cluster
-(:mod:`attnviz.serving`), batched there with every other session's, so several app replicas behind a
-reverse proxy share one pool of GPU replicas. Both give the same compact result records.
+Every page runs models through :func:`backend`: :meth:`Backend.analyze`, :meth:`Backend.add_gradcam`,
+:meth:`Backend.categories` and :meth:`Backend.faithfulness` (in this process only). In this process
+(no address set) models are loaded into the shared cache (:func:`ui.cached_model`) and run under
+their lock; with a Ray address, the app process holds no model: each image is a request to the
+model's deployment on the cluster (:mod:`attnviz.serving`), batched there with every other
+session's, so several app replicas behind a reverse proxy share one pool of GPU replicas. Both give
+the same compact result records.
 
 The address is read, first found first, from the command line (``streamlit run app.py -- --ray
 ADDRESS``), the environment (:data:`RAY_ADDRESS_ENV`) or ``.streamlit/secrets.toml``
@@ -29,6 +30,7 @@ import attnviz
 from ui import cached_model
 
 if TYPE_CHECKING:
+    from attnviz.core.faithfulness_records import Faithfulness, InputMap
     from attnviz.serving import RayClient
 
 __all__ = ["IN_PROCESS", "RAY_ADDRESS_ENV", "Backend", "backend", "check_backend", "ray_address"]
@@ -134,6 +136,31 @@ class Backend:
             return self.client.add_gradcam(model, analyses, images, weights=weights, targets=targets)
         loaded = cached_model(model, weights, device)
         return attnviz.add_gradcam(loaded, list(analyses), list(images), targets=targets)
+
+    def faithfulness(
+        self,
+        model: str,
+        weights: str,
+        device: str,
+        analysis: attnviz.Analysis,
+        maps: Sequence[InputMap],
+        target: int | None,
+        road: bool,
+    ) -> Faithfulness:
+        """:func:`attnviz.analysis.faithfulness.measure` of ``maps`` of ``analysis``, in this process.
+
+        Raises:
+            ServingError: on Ray (the perturbed copies are measured here, never on the cluster).
+        """
+        if self.client is not None:
+            raise attnviz.ServingError(
+                "Faithfulness runs the model many times on perturbed copies; it is measured in the "
+                "app's own process, not on the Ray cluster."
+            )
+        from attnviz.analysis.faithfulness import measure
+
+        loaded = cached_model(model, weights, device)
+        return measure(loaded, analysis, maps, target=target, road=road)
 
     def categories(self, model: str, weights: str, device: str) -> tuple[str, ...]:
         """The model's class names."""

@@ -813,3 +813,30 @@ def test_the_server_logged_no_exception(app_url: str, out_dir: Path) -> None:
     """Whatever the browser did, no script run raised: the server's log holds no traceback."""
     log = (out_dir / "server.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-4000:]
+
+
+def test_faithfulness_is_measured_on_demand_below_the_columns(page: Any, out_dir: Path) -> None:
+    """**Measure faithfulness** draws, per model, deletion and insertion curves and a table of AUCs."""
+    from playwright.sync_api import expect
+
+    section = page.get_by_role(
+        "heading", name="Faithfulness: does the decision depend on what the map shows?"
+    )
+    expect(section).to_be_visible()
+    button = page.locator(_key("compare_faith_measure")).get_by_role("button", name="Measure faithfulness")
+    button.scroll_into_view_if_needed()
+    _rerun(page, button.click)
+    _no_exception(page)
+    for model in MODELS:
+        for kind in ("deletion", "insertion"):
+            chart = page.locator(_key(f"compare_faith_{kind}_{model}"))
+            expect(chart.locator(".js-plotly-plot")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+            expect(chart).to_contain_text("random map (baseline)")
+            expect(chart).to_contain_text(
+                f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}"
+            )
+    expect(page.get_by_text(re.compile(r"^Following “.+” \(class \d+\)"))).to_have_count(len(MODELS))
+    expect(page.get_by_test_id("stTable")).to_have_count(len(MODELS))
+    _screenshot(page, out_dir / "faithfulness.png", start=_key("compare_faith_measure"), height=1500)
+    log = (out_dir / "server.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[-4000:]
