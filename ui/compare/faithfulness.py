@@ -194,10 +194,14 @@ def score_table(result: Faithfulness, road: bool) -> pd.DataFrame:
 
 
 def _best(column: pd.Series) -> list[str]:
-    """Bold and green for the best value of a column (lowest deletion, highest otherwise)."""
-    best = column.min() if column.name == TABLE_COLUMNS[0] else column.max()
+    """Bold and green for the best value of a column (lowest deletion, highest otherwise), when one
+    map is best as shown (three decimals): a tie marks nothing."""
+    shown = column.round(3)
+    best = shown.min() if column.name == TABLE_COLUMNS[0] else shown.max()
+    unique = int((shown == best).sum()) == 1
     return [
-        "font-weight: bold; background-color: rgba(44, 160, 44, 0.25)" if v == best else "" for v in column
+        "font-weight: bold; background-color: rgba(44, 160, 44, 0.25)" if unique and v == best else ""
+        for v in shown
     ]
 
 
@@ -222,7 +226,9 @@ def _show(model: str, result: Faithfulness, road: bool) -> None:
             st.plotly_chart(road_figure(result), key=f"compare_faith_road_{model}")
         table = score_table(result, road)
         st.table(table.style.apply(_best).format("{:.3f}"))  # wraps long map names, unlike a grid
-        st.caption("Green: the best value of each column (the random map's row is the floor).")
+        st.caption(
+            "Green: the best value of each column, when one map is best (the random map's row is the floor)."
+        )
     for name, why in result.unscored:
         st.caption(md(f"Not scored: {name}: {why}."))
 
