@@ -6,7 +6,8 @@ does the work batch by batch (or, with ``--ray``,
 :class:`AnalyzePrinter` turns its events into the command's lines: notes and each model's progress
 (:mod:`.progress`) on stderr, one line per written result on stdout with ``-v`` only, and a closing
 ``Wrote N files`` line on stdout. An unreadable image is skipped (one ``attnviz: skipped: ...`` line
-each); the other results are written and the exit status is then 1.
+each); the other results are written and the exit status is then 1. ``--faithfulness`` (with
+``--road``) also scores every map; it is refused with ``--ray``.
 """
 
 from __future__ import annotations
@@ -213,12 +214,19 @@ def run_analyze(
         0 when every image was analysed, 1 when some were skipped (the others are written).
 
     Raises:
-        UsageError: too many images or models, or a bad overlay style.
+        UsageError: too many images or models, a bad overlay style, ``--road`` without
+            ``--faithfulness``, or ``--faithfulness`` with ``--ray``.
         Failure: nothing to read, a missing checkpoint, an output that is not a folder, nothing
             written, a write that failed, or (``--ray``) no Ray to import or to reach.
         AttnvizError: from the library (unknown model, device, weights).
     """
     ray: str | None = getattr(args, "ray", None)
+    faithfulness = bool(getattr(args, "faithfulness", False))
+    road = bool(getattr(args, "road", False))
+    if road and not faithfulness:
+        raise UsageError("--road is one of the faithfulness metrics: give it with --faithfulness")
+    if faithfulness and ray is not None:
+        raise UsageError("--faithfulness runs in this process only: leave out --ray to measure it")
     images, models = _check_args(args, max_images, max_models)
     if args.weights == "random":
         note(
@@ -237,11 +245,13 @@ def run_analyze(
         "alpha": args.alpha,
         "scale": args.scale,
     }
+    # only when asked: the local call is otherwise the Ray call's (the Ray run cannot score)
+    scoring: dict[str, Any] = {"faithfulness": True, "road": road} if faithfulness else {}
     printer = AnalyzePrinter(target, bool(args.verbose), out, err, images)
     try:
         with printer.progress.logs_above_bars():
             if ray is None:
-                report = analyze_to_folder(images, models, target, **options, progress=printer)
+                report = analyze_to_folder(images, models, target, **options, **scoring, progress=printer)
             else:
                 report = _on_ray(images, models, target, ray, options, printer)
     except (OSError, ValueError) as exc:

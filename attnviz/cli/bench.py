@@ -41,6 +41,7 @@ def run_bench_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
             repeats=args.repeats,
             models=args.model,
             playground=not args.no_playground,
+            faithfulness=not args.no_faithfulness,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

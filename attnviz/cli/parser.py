@@ -140,6 +140,19 @@ def _add_analyze(
         "colour bar and summary.json gives each map's range and scale",
     )
     run.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="also score every map (deletion and insertion AUC, with a random map as the floor) by "
+        "running the model again on perturbed crops: faithfulness.csv per result and a "
+        '"faithfulness" object in summary.json; the class followed is Grad-CAM\'s, else the top-1 '
+        "(not with --ray)",
+    )
+    run.add_argument(
+        "--road",
+        action="store_true",
+        help="with --faithfulness, also ROAD (noisy linear imputation; slow on a CPU)",
+    )
+    run.add_argument(
         "--ray",
         nargs="?",
         type=_ray_address,
@@ -195,6 +208,11 @@ def _add_bench(commands: argparse._SubParsersAction[RaisingParser], verbose: Rai
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.add_argument(
         "--no-playground", action="store_true", help="skip the playground's default training run"
+    )
+    bench.add_argument(
+        "--no-faithfulness",
+        action="store_true",
+        help="skip the faithfulness figure (ROAD on ResNet-50 takes minutes on a CPU)",
     )
     bench.add_argument(
         "--serve",

@@ -17,6 +17,8 @@ get the same layout::
         block01_dat_offsets.png       its offset length as an overlay, and
         block01_dat_offset_field.html a subsampled arrow field (reference -> sampled point)
         channel_weights.csv           block, layer, kind, path, then the C values (one row per path)
+        faithfulness.csv              with the pipeline's ``faithfulness`` option only: deletion,
+                                      insertion (and ROAD) curves of every map (export_faithfulness)
         top5.html                     HTML charts, loading ../../plotly.min.js
         channels_heatmap.html
         gate_stats.html
@@ -53,20 +55,23 @@ import plotly.offline
 from PIL import Image
 
 from attnviz import render
+from attnviz.core.faithfulness_records import Faithfulness, MapScore
 from attnviz.core.records import Analysis, ChannelWeights, Detections, GradCAM, SamplingPoints, SpatialMap
 from attnviz.core.scales import GRADCAM, OFFSET_LENGTH, ROLLOUT, check_mode
 from attnviz.io.bundle_names import FolderNames, folder_names, safe_name, unique_name
 from attnviz.io.bundle_writer import write_bundle, zip_bundle
 from attnviz.io.overlay_painter import OverlayPainter
 from attnviz.io.summary import SUMMARY_FILENAME, array_stats, finite_or_none, summary_json
-from attnviz.io.tables import channel_path_names, channel_weights_csv
+from attnviz.io.tables import channel_path_names, channel_weights_csv, faithfulness_csv
 from attnviz.views import deformable, transformer
 from attnviz.views.maps import record_map
 
 __all__ = [
     "CSV_FILENAME",
+    "FAITHFULNESS_FILENAME",
     "SUMMARY_FILENAME",
     "FolderNames",
+    "export_faithfulness",
     "export_files",
     "export_result",
     "summary_json",
@@ -79,6 +84,9 @@ log = logging.getLogger(__name__)
 
 CSV_FILENAME = "channel_weights.csv"
 """Name of the per-analysis CSV of channel weights (:func:`attnviz.io.tables.channel_weights_csv`)."""
+
+FAITHFULNESS_FILENAME = "faithfulness.csv"
+"""Name of the per-analysis CSV of faithfulness curves (:func:`attnviz.io.tables.faithfulness_csv`)."""
 
 MIN_OVERLAY_WIDTH = 224
 """Overlays of narrower model inputs (the zoo's 96 px) are enlarged by a whole factor to at least
@@ -298,6 +306,62 @@ def export_result(
         "records": records,
         **({"transformer": transformer} if transformer else {}),
     }
+
+
+def _aucs(score: MapScore) -> dict[str, float | None]:
+    road = score.road
+    return {
+        "deletion_auc": finite_or_none(score.deletion.auc),
+        "insertion_auc": finite_or_none(score.insertion.auc),
+        "road_combined": None if road is None else finite_or_none(road.combined),
+    }
+
+
+def export_faithfulness(
+    result: Faithfulness, folder: str, files: dict[str, bytes], entry: dict[str, Any]
+) -> dict[str, Any]:
+    """Adds a result's ``faithfulness.csv`` under ``folder`` and its ``"faithfulness"`` object to its
+    ``summary.json`` entry (from :func:`export_result`); the file is also listed in ``entry["files"]``.
+
+    The object (strict JSON: a non-finite number is ``null``)::
+
+        {"target": 3, "target_label": "...", "probability": 0.41,   # unperturbed crop
+         "steps": 20, "forwards": 253, "file": "<folder>/faithfulness.csv",
+         "maps": [{"name", "layer", "kind", "deletion_auc", "insertion_auc", "road_combined"}],
+         "random_baseline": {"deletion_auc", "insertion_auc", "road_combined"} or null,
+         "unscored": [{"name", "reason"}]}
+
+    ``road_combined`` is null when ROAD was not measured; ``target`` is null for a model without a
+    class probability to follow (every map is then unscored). Deletion: lower is better; insertion
+    and ROAD: higher is better (:mod:`attnviz.analysis.faithfulness`).
+
+    Args:
+        result: from :func:`attnviz.analysis.faithfulness.measure` for the entry's analysis.
+        folder: the result's folder.
+        files: the bundle so far; ``faithfulness.csv`` is added to it.
+        entry: the result's ``summary.json`` entry; changed in place.
+
+    Returns:
+        ``entry``.
+    """
+    path = f"{folder}/{FAITHFULNESS_FILENAME}"
+    files[path] = faithfulness_csv(result)
+    entry["files"]["faithfulness_csv"] = path
+    baseline = result.baseline
+    maps = [s for s in result.scores if s is not baseline]
+    first = result.scores[0] if result.scores else None
+    entry["faithfulness"] = {
+        "target": None if result.target < 0 else int(result.target),
+        "target_label": result.target_label or None,
+        "probability": finite_or_none(result.probability),
+        "steps": None if first is None else len(first.deletion.fractions) - 1,
+        "forwards": int(result.forwards),
+        "file": path,
+        "maps": [{"name": s.name, "layer": s.layer, "kind": s.kind, **_aucs(s)} for s in maps],
+        "random_baseline": None if baseline is None else _aucs(baseline),
+        "unscored": [{"name": name, "reason": why} for name, why in result.unscored],
+    }
+    return entry
 
 
 def _short(layer: str) -> str:

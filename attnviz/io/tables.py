@@ -1,4 +1,5 @@
-"""CSV tables of an analysis: the export bundle's (``channel_weights.csv``) and the app's downloads.
+"""CSV tables of an analysis: the export bundle's (``channel_weights.csv``, ``faithfulness.csv``)
+and the app's downloads.
 
 The functions return the file's bytes (UTF-8, ``\\n`` line ends), so that the exporter
 (:mod:`attnviz.io.export`) and the app's downloads give the same table. Values are written with
@@ -11,9 +12,19 @@ import csv
 import io
 from collections.abc import Sequence
 
+from attnviz.core.faithfulness_records import Faithfulness
 from attnviz.core.records import Analysis, ChannelWeights
 
-__all__ = ["channel_path_names", "channel_weights_csv", "top5_csv"]
+__all__ = [
+    "FAITHFULNESS_COLUMNS",
+    "channel_path_names",
+    "channel_weights_csv",
+    "faithfulness_csv",
+    "top5_csv",
+]
+
+FAITHFULNESS_COLUMNS = ("map", "layer", "kind", "metric", "fraction", "percentile", "probability", "change")
+"""The header of :func:`faithfulness_csv`."""
 
 
 def channel_path_names(cw: ChannelWeights) -> list[str]:
@@ -80,4 +91,39 @@ def top5_csv(analysis: Analysis) -> bytes:
     writer.writerow(["rank", "class", "label", "probability"])
     for rank, p in enumerate(analysis.top5, start=1):
         writer.writerow([rank, p.index, p.label, repr(p.probability)])
+    return buf.getvalue().encode("utf-8")
+
+
+def faithfulness_csv(result: Faithfulness) -> bytes:
+    """Every curve of a :class:`~attnviz.core.faithfulness_records.Faithfulness` as CSV.
+
+    The header is :data:`FAITHFULNESS_COLUMNS`. For each scored map, in order (the random baseline
+    last): one ``deletion`` row per step, then one ``insertion`` row per step (``fraction`` of the
+    pixels changed, the target's ``probability``); then, when ROAD was measured, one ``road_morf``
+    and one ``road_lerf`` row per ``percentile`` with the probability's ``change``. Cells that do not
+    apply are empty; a non-finite value is written as ``nan``/``inf`` by ``repr``.
+
+    Args:
+        result: from :func:`attnviz.analysis.faithfulness.measure`.
+
+    Returns:
+        The file's UTF-8 bytes; only the header row when no map was scored.
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(FAITHFULNESS_COLUMNS)
+    for score in result.scores:
+        head = [score.name, score.layer, score.kind]
+        for metric, curve in (("deletion", score.deletion), ("insertion", score.insertion)):
+            for fraction, prob in zip(curve.fractions, curve.probabilities, strict=True):
+                writer.writerow([*head, metric, repr(float(fraction)), "", repr(float(prob)), ""])
+        road = score.road
+        if road is None:
+            continue
+        for metric, changes in (
+            ("road_morf", road.most_relevant_first),
+            ("road_lerf", road.least_relevant_first),
+        ):
+            for percentile, change in zip(road.percentiles, changes, strict=True):
+                writer.writerow([*head, metric, "", repr(float(percentile)), "", repr(float(change))])
     return buf.getvalue().encode("utf-8")

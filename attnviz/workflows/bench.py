@@ -18,6 +18,10 @@ and reported as ratios as well as milliseconds, so that figures from noisy machi
   models' bare forwards.
 - **batch throughput**: images/s of the CLI path (``analyze`` + :func:`attnviz.io.export.export_files`)
   for a folder of images in one batch, against a one-image-at-a-time loop.
+- **faithfulness**: :func:`attnviz.analysis.faithfulness.measure` of one map (deletion and
+  insertion, batched) of :data:`FAITHFULNESS_MODEL` (ResNet-50, random weights; the first
+  classifier in small mode) on one image ÷ the bare batched forwards of as many images (target:
+  at most 2x), and ROAD's extra time per map (one run: its imputation dominates).
 - **peak memory**: RSS high-water mark (reset per model where Linux allows) and CUDA max allocated.
 
 Load times are not measured; models are loaded before their timed runs. The report's records and
@@ -38,19 +42,24 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from attnviz import render
 from attnviz.analysis import add_gradcam, analyze
+from attnviz.analysis.faithfulness import DEFAULT_BATCH as FAITHFULNESS_BATCH
+from attnviz.analysis.faithfulness import measure, random_map
 from attnviz.backends import LoadedModel, get_spec, load_model
 from attnviz.capture.hooks import Capture
+from attnviz.core.faithfulness_records import InputMap
 from attnviz.core.records import Analysis, ChannelWeights, GradCAM, compact
 from attnviz.io.export import export_files, write_bundle
 from attnviz.io.images import load_image
 from attnviz.io.samples import list_samples
 from attnviz.runtime import resolve_device
 from attnviz.views import deformable, transformer
+from attnviz.views.faithfulness import input_maps
 from attnviz.views.maps import attention_maps, record_map
 from attnviz.workflows.bench_measuring import (
     cuda_peak_mib,
@@ -66,6 +75,7 @@ from attnviz.workflows.bench_report import (
     BatchThroughput,
     BenchReport,
     ComparisonRow,
+    FaithfulnessBench,
     MachineInfo,
     ModelRow,
     format_report,
@@ -74,15 +84,18 @@ from attnviz.workflows.bench_report import (
 from attnviz.workflows.pipeline import DEFAULT_BATCH_SIZE, analyze_to_folder
 
 __all__ = [
+    "FAITHFULNESS_MODEL",
     "FULL_MODELS",
     "SMALL_MODELS",
     "BatchThroughput",
     "BenchReport",
     "ComparisonRow",
+    "FaithfulnessBench",
     "MachineInfo",
     "ModelRow",
     "PlaygroundBench",
     "format_report",
+    "measure_faithfulness",
     "report_to_json",
     "run_bench",
 ]
@@ -101,6 +114,9 @@ FULL_MODELS: tuple[str, ...] = (
 
 SMALL_MODELS: tuple[str, ...] = ("zoo_cbam", "zoo_gc", "mobilenet_v3_large", "deit_tiny_patch16_224")
 """Models of the small (CI) run: two tiny zoo CNNs, one ImageNet CNN and one ViT."""
+
+FAITHFULNESS_MODEL = "resnet50"
+"""The faithfulness figure's model in the full run (random weights: no download)."""
 
 DEFAULT_REPEATS, SMALL_REPEATS = 7, 2
 FULL_BATCH_IMAGES, SMALL_BATCH_IMAGES = 16, 4
@@ -336,6 +352,63 @@ def _batch_throughput(
     )
 
 
+def measure_faithfulness(
+    name: str, image: Image.Image, device: torch.device, repeats: int
+) -> FaithfulnessBench:
+    """The :class:`FaithfulnessBench` of ``name`` on ``image``: ``measure`` (no ROAD) and the bare
+    forwards of as many images, interleaved, median of ``min(repeats, 3)`` runs after a warm-up;
+    then ROAD once.
+
+    The map is the first non-constant one of :func:`attnviz.views.faithfulness.input_maps` (a
+    random-weights model may have none: then a smooth random map; the time does not depend on it).
+    """
+    weights = _weights_for(name)
+    model = load_model(name, weights=weights, device=device)
+    [analysis] = analyze(model, [image])
+    hw = analysis.input_image.shape[:2]
+    chosen = next((m for m in input_maps(analysis) if np.ptp(m.values) > 0), None)
+    if chosen is None:
+        chosen = InputMap("smooth random map", "bench", "random", random_map(hw, seed=1))
+
+    def faith(road: bool = False) -> int:
+        return measure(model, analysis, [chosen], road=road, batch_size=FAITHFULNESS_BATCH).forwards
+
+    plain = measure(model, analysis, [chosen], road=False, batch_size=FAITHFULNESS_BATCH)
+    # measure's forwards: the unperturbed crop, then the perturbations in batches of batch_size
+    rest = plain.forwards - 1
+    sizes = [1] + [min(FAITHFULNESS_BATCH, rest - i) for i in range(0, rest, FAITHFULNESS_BATCH)]
+    x = model.preprocess([image]).to(model.device)
+    inputs = [x.expand(n, -1, -1, -1).contiguous(memory_format=model.memory_format) for n in sizes]
+
+    def bare() -> None:
+        with torch.inference_mode():
+            for batch in inputs:
+                model.module(batch)
+
+    runs = max(1, min(repeats, 3))  # each run is already ~2 x (steps + 1) x 2 images
+    ms = interleaved_ms({"measure": faith, "bare": bare}, runs, device)
+    import pytorch_grad_cam.metrics.road  # noqa: F401  (its import is not ROAD's time)
+
+    road_forwards: list[int] = []
+    road_ms = median_ms(lambda: road_forwards.append(faith(road=True)), 1, device, warmup=0)
+    maps = len(plain.scores)
+    return FaithfulnessBench(
+        model=name,
+        weights=weights,
+        input_size=(int(hw[0]), int(hw[1])),
+        map_name=chosen.name,
+        maps=maps,
+        steps=len(plain.scores[0].deletion.fractions) - 1,
+        batch_size=FAITHFULNESS_BATCH,
+        forwards=plain.forwards,
+        measure_ms=ms["measure"],
+        bare_ms=ms["bare"],
+        ratio=ms["measure"] / ms["bare"],
+        road_ms_per_map=max(road_ms - ms["measure"], 0.0) / maps,
+        road_forwards=road_forwards[0] - plain.forwards,
+    )
+
+
 def run_bench(
     *,
     device: str | torch.device = "auto",
@@ -343,6 +416,7 @@ def run_bench(
     repeats: int | None = None,
     models: Sequence[str] | None = None,
     playground: bool = True,
+    faithfulness: bool = True,
 ) -> BenchReport:
     """Measure capture overhead, maps vs Grad-CAM, the comparison page and batch throughput.
 
@@ -356,6 +430,8 @@ def run_bench(
             ``small`` mode), else the first classifier.
         playground: also time the playground's default run (a reduced run when ``small``):
             seconds to 90% held-out accuracy, samples/s, energy ratio first vs last snapshot.
+        faithfulness: also time the faithfulness metrics (:func:`measure_faithfulness`) of
+            :data:`FAITHFULNESS_MODEL`, or of the first classifier when ``small``.
 
     Returns:
         The :class:`BenchReport`.
@@ -414,8 +490,12 @@ def run_bench(
         small=small,
         rss_reset=rss_reset,
     )
+    faith = None
+    if faithfulness:
+        gc.collect()
+        faith = measure_faithfulness(classifiers[0] if small else FAITHFULNESS_MODEL, image, dev, repeats)
     trained = None
     if playground:
         gc.collect()
         trained = measure_playground(dev, small=small)
-    return BenchReport(machine, tuple(rows), comparison, batch, trained)
+    return BenchReport(machine, tuple(rows), comparison, batch, trained, faith)

@@ -1,8 +1,9 @@
 """The benchmark's report (:mod:`attnviz.workflows.bench`): its figures, as JSON and as text.
 
 :class:`BenchReport` holds a :class:`MachineInfo`, one :class:`ModelRow` per model, a
-:class:`ComparisonRow` and a :class:`BatchThroughput`; :func:`report_to_json` and
-:func:`format_report` give what ``python -m attnviz bench`` prints with and without ``--json``.
+:class:`ComparisonRow`, a :class:`BatchThroughput` and a :class:`FaithfulnessBench`;
+:func:`report_to_json` and :func:`format_report` give what ``python -m attnviz bench`` prints
+with and without ``--json``.
 Import them from :mod:`attnviz.workflows.bench`.
 """
 
@@ -19,6 +20,7 @@ __all__ = [
     "BatchThroughput",
     "BenchReport",
     "ComparisonRow",
+    "FaithfulnessBench",
     "MachineInfo",
     "ModelRow",
     "PlaygroundBench",
@@ -117,6 +119,38 @@ class BatchThroughput:
     gpu_utilization: float | None
 
 
+FAITHFULNESS_TARGET = 2.0
+"""The faithfulness overhead the project aims at: ``ratio`` at most 2x."""
+
+
+@dataclass(frozen=True)
+class FaithfulnessBench:
+    """The faithfulness metrics (:func:`attnviz.analysis.faithfulness.measure`) of one map on one
+    image.
+
+    ``measure_ms``: deletion and insertion of the map (``steps`` steps each; ``measure`` also scores
+    its random baseline, so ``maps`` is 2), ``forwards`` images in batches of ``batch_size``, masks
+    and perturbed copies included; ``bare_ms``: the bare forwards of as many images in the same
+    batches; ``ratio = measure_ms / bare_ms`` (the target is at most :data:`FAITHFULNESS_TARGET`).
+    ``road_ms_per_map``: what ROAD adds, per map scored (one run; mostly the noisy linear imputation,
+    not its ``road_forwards`` forwards).
+    """
+
+    model: str
+    weights: str
+    input_size: tuple[int, int]
+    map_name: str
+    maps: int
+    steps: int
+    batch_size: int
+    forwards: int
+    measure_ms: float
+    bare_ms: float
+    ratio: float
+    road_ms_per_map: float
+    road_forwards: int
+
+
 @dataclass(frozen=True)
 class BenchReport:
     """Everything :func:`~attnviz.workflows.bench.run_bench` measured."""
@@ -126,6 +160,7 @@ class BenchReport:
     comparison: ComparisonRow
     batch: BatchThroughput
     playground: PlaygroundBench | None = None
+    faithfulness: FaithfulnessBench | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,8 +198,22 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
+def _format_faithfulness(f: FaithfulnessBench) -> list[str]:
+    met = "met" if f.ratio <= FAITHFULNESS_TARGET else "NOT met"
+    h, w = f.input_size
+    return [
+        f"faithfulness ({f.model}, {f.weights} weights, {h}x{w}, 1 image, map {f.map_name!r} and the "
+        f"random baseline): deletion + insertion, {f.steps} steps, {f.forwards} images in batches of "
+        f"{f.batch_size}: {f.measure_ms:.1f} ms vs {f.bare_ms:.1f} ms of bare forwards = "
+        f"{f.ratio:.2f}x (target <= {FAITHFULNESS_TARGET:.0f}x: {met})",
+        f"  ROAD adds {f.road_ms_per_map:.1f} ms per map ({f.road_forwards} forwards for {f.maps} maps; "
+        "mostly the imputation)",
+    ]
+
+
 def format_report(report: BenchReport) -> str:
-    """A readable text report: machine, per-model table, comparison and batch throughput."""
+    """A readable text report: machine, per-model table, comparison, batch throughput, faithfulness
+    and the playground run."""
     m = report.machine
     lines = [
         f"attnviz bench on {m.device} ({m.device_name}), torch {m.torch_version}, "
@@ -220,6 +269,8 @@ def format_report(report: BenchReport) -> str:
         f"{b.single_img_s:.2f} img/s, speed-up {b.speedup:.2f}x"
         + ("" if b.gpu_utilization is None else f", GPU utilisation {b.gpu_utilization:.0f} %"),
     ]
+    if report.faithfulness is not None:
+        lines += _format_faithfulness(report.faithfulness)
     if report.playground is not None:
         lines += format_playground(report.playground)
     if not m.rss_reset:

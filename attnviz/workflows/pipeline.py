@@ -17,6 +17,12 @@ events and report in :mod:`.pipeline_results`, folder expansion in :mod:`.image_
 runs them and chooses what they call (``analyze``, ``load_model``, ``load_image``,
 ``export_result``, ``write_bundle``, looked up here when a run starts).
 
+With ``faithfulness=True`` every result is also scored right after its batch's forward, with the
+same model (:func:`attnviz.analysis.faithfulness.measure` of
+:func:`attnviz.views.faithfulness.input_maps`); the score travels to the writer keyed by the
+result's folder, which adds ``faithfulness.csv`` and the entry's ``"faithfulness"`` object
+(:func:`attnviz.io.export.export_faithfulness`). The Ray run does not offer it.
+
 An image that cannot be read (any :class:`attnviz.AttnvizError` from :func:`attnviz.load_image`)
 is skipped and reported; every other error stops the run and reaches the caller, after all threads
 have been joined.
@@ -37,10 +43,14 @@ from typing import Any
 import torch
 
 from attnviz.analysis import AUTOCAST_DTYPES, analyze
+from attnviz.analysis.faithfulness import measure
 from attnviz.backends import get_spec, load_model
+from attnviz.core.faithfulness_records import Faithfulness
+from attnviz.core.records import Analysis
 from attnviz.io.export import (
     SUMMARY_FILENAME,
     FolderNames,
+    export_faithfulness,
     export_result,
     summary_json,
     validate_style,
@@ -48,6 +58,7 @@ from attnviz.io.export import (
 )
 from attnviz.io.images import load_image
 from attnviz.runtime import resolve_device
+from attnviz.views.faithfulness import input_maps
 from attnviz.workflows.image_paths import IMAGE_EXTENSIONS, expand_image_paths
 from attnviz.workflows.pipeline_results import (
     EventKind,
@@ -57,7 +68,16 @@ from attnviz.workflows.pipeline_results import (
     ProgressCallback,
     SkippedImage,
 )
-from attnviz.workflows.pipeline_stages import END, Decoded, Decoder, Job, PassEnd, Writer, Written
+from attnviz.workflows.pipeline_stages import (
+    END,
+    Decoded,
+    Decoder,
+    Job,
+    PassEnd,
+    ResultRenderer,
+    Writer,
+    Written,
+)
 from attnviz.workflows.pipeline_threads import THREAD_PREFIX, GpuSampler, put_unless_stopped
 
 __all__ = [
@@ -102,6 +122,28 @@ class _Tally:
     write_s: float = 0.0
 
 
+def _with_faithfulness(render_result: ResultRenderer, scores: dict[str, Faithfulness]) -> ResultRenderer:
+    """``render_result`` that also adds the result's faithfulness (taken out of ``scores``, where the
+    calling thread put it before it queued the job) to the files and the entry."""
+
+    def render(
+        image: str,
+        analysis: Analysis,
+        folder: str,
+        files: dict[str, bytes],
+        cmap: str,
+        alpha: float,
+        scale: str,
+    ) -> dict[str, Any]:
+        entry = render_result(image, analysis, folder, files, cmap, alpha, scale)
+        found = scores.pop(folder, None)
+        if found is not None:
+            export_faithfulness(found, folder, files, entry)
+        return entry
+
+    return render
+
+
 class RunBase:
     """The calling thread's side of a folder run, wherever its forwards run: the writer thread, the
     folder names, the skips met, each model's tallies and the events; the local run
@@ -121,7 +163,11 @@ class RunBase:
         self.stop = threading.Event()
         style = (options["cmap"], options["alpha"], options["scale"])
         # read here, when the run starts, so that what they call can be replaced (tests do)
-        self.writer = Writer(out_dir, style, self.stop, render_result=export_result, write=write_bundle)
+        render_result: ResultRenderer = export_result
+        self.faithfulness: dict[str, Faithfulness] = {}  # by folder, until the writer takes it
+        if options.get("faithfulness"):
+            render_result = _with_faithfulness(render_result, self.faithfulness)
+        self.writer = Writer(out_dir, style, self.stop, render_result=render_result, write=write_bundle)
         self.folders = FolderNames()
         self.skipped: dict[str, SkippedImage] = {}
         self.tallies = [_Tally() for _ in models]
@@ -228,13 +274,18 @@ class _Run(RunBase):
         while isinstance(item, Decoded):
             start = time.perf_counter()
             results = analyze(model, list(item.images), gradcam=opts["gradcam"], autocast=opts["autocast"])
-            tally.forward_s += time.perf_counter() - start
-            tally.batches += 1
             items = tuple(
                 (path, analysis, self.folders(path, analysis.model))
                 for path, analysis in zip(item.paths, results, strict=True)
             )
             del results
+            if opts.get("faithfulness"):  # with the same model, before the job reaches the writer
+                for _path, analysis, folder in items:
+                    self.faithfulness[folder] = measure(
+                        model, analysis, input_maps(analysis), road=bool(opts.get("road"))
+                    )
+            tally.forward_s += time.perf_counter() - start
+            tally.batches += 1
             if not put_unless_stopped(self.writer.inbox, Job(index, items), self.stop, self.writer):
                 return
             self._drain()
@@ -305,6 +356,8 @@ def analyze_to_folder(
     cmap: str = "jet",
     alpha: float = 0.5,
     scale: str = "absolute",
+    faithfulness: bool = False,
+    road: bool = False,
     progress: ProgressCallback | None = None,
 ) -> PipelineReport:
     """Analyses image files with each model and writes the export bundle into ``out_dir``.
@@ -330,19 +383,31 @@ def analyze_to_folder(
         alpha: opacity of the overlays, in [0, 1].
         scale: colour scale of the overlays, ``"absolute"`` or ``"stretched"`` (see
             :mod:`attnviz.core.scales`).
+        faithfulness: also score every result's maps (deletion and insertion, see
+            :mod:`attnviz.analysis.faithfulness`; target: the Grad-CAM's, else the top-1) with the
+            model that made it, and write ``faithfulness.csv`` and the entry's ``"faithfulness"``
+            (:func:`attnviz.io.export.export_faithfulness`). Its time counts as forward time.
+        road: with ``faithfulness``, also ROAD (slow on a CPU: an imputation per map and percentile).
         progress: called with a :class:`PipelineEvent` at every step, on the calling thread.
 
     Returns:
         The :class:`PipelineReport`: results and files written, skipped images, timings.
 
     Raises:
-        TypeError: ``images`` or ``models`` is not a sequence, ``batch_size`` not an int.
-        ValueError: no image or model, ``batch_size``/``autocast`` out of range, a bad style.
+        TypeError: ``images`` or ``models`` is not a sequence, ``batch_size`` not an int,
+            ``faithfulness`` or ``road`` not a bool.
+        ValueError: no image or model, ``batch_size``/``autocast`` out of range, a bad style,
+            ``road`` without ``faithfulness``.
         UnknownModelError, DeviceError: an unknown model or an unavailable device (before any work).
         WeightsUnavailableError, CheckpointError, GPUMemoryError: from loading or running a model.
         OSError: an output file could not be written (raised from the writer thread).
     """
     paths, names = check_args(images, models, batch_size, autocast, cmap, alpha, scale)
+    for flag, value in (("faithfulness", faithfulness), ("road", road)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
+    if road and not faithfulness:
+        raise ValueError("road=True needs faithfulness=True (ROAD is one of the faithfulness metrics)")
     dev = resolve_device(device)
     options = {
         "weights": weights,
@@ -353,6 +418,8 @@ def analyze_to_folder(
         "cmap": cmap,
         "alpha": alpha,
         "scale": scale,
+        "faithfulness": faithfulness,
+        "road": road,
     }
     run = _Run(paths, names, Path(out_dir), options, progress)
     sampler = GpuSampler(dev)

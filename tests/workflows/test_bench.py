@@ -20,6 +20,7 @@ from attnviz.workflows.bench import (
     BatchThroughput,
     BenchReport,
     ComparisonRow,
+    FaithfulnessBench,
     MachineInfo,
     ModelRow,
     PlaygroundBench,
@@ -91,6 +92,28 @@ def test_cli_bench_json_wiring(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     assert seen["playground"] is True
     assert main(["bench", "--small", "--json", "--no-playground"]) == 0
     assert seen["playground"] is False
+
+
+def _fake_faithfulness(ratio: float = 1.5) -> FaithfulnessBench:
+    return FaithfulnessBench(
+        "resnet50", "random", (224, 224), "Grad-CAM · layer4", 2, 20, 64, 85, 150.0, 150.0 / ratio,
+        ratio, 4000.0, 72,
+    )  # fmt: skip
+
+
+def test_format_report_gives_the_faithfulness_figure() -> None:
+    report = dataclasses.replace(_fake_report(), faithfulness=_fake_faithfulness())
+    text = format_report(report)
+    assert "faithfulness (resnet50, random weights, 224x224" in text
+    assert "85 images in batches of 64: 150.0 ms vs 100.0 ms of bare forwards = 1.50x" in text
+    assert "(target <= 2x: met)" in text
+    assert "ROAD adds 4000.0 ms per map (72 forwards for 2 maps" in text
+    slow = dataclasses.replace(report, faithfulness=_fake_faithfulness(2.5))
+    assert "= 2.50x (target <= 2x: NOT met)" in format_report(slow)
+    data = report_to_json(report)["faithfulness"]
+    assert data["ratio"] == 1.5 and data["input_size"] == [224, 224] and data["forwards"] == 85
+    assert report_to_json(_fake_report())["faithfulness"] is None
+    assert "faithfulness" not in format_report(_fake_report())
 
 
 def test_format_report_gives_the_playground_run() -> None:
@@ -239,6 +262,20 @@ def test_small_playground_run(report: BenchReport) -> None:
     _positive(p.seconds, "seconds")
     _positive(p.samples_per_s, "samples_per_s")
     assert 0 <= p.final_accuracy <= 1 and p.energy_ratio_first is not None
+
+
+@pytest.mark.slow
+def test_faithfulness_figure(report: BenchReport) -> None:
+    f = report.faithfulness
+    assert f is not None
+    assert f.model == SMALL_MODELS[0] and f.input_size == (96, 96) and f.map_name
+    assert f.maps == 2 and f.steps == 20 and f.batch_size == 64
+    assert f.forwards == 2 * 2 * (f.steps + 1) + 1  # two maps' curves and the unperturbed crop
+    assert f.road_forwards == 4 * 9 * f.maps  # ROADCombined's percentiles, MoRF and LeRF
+    for field in ("measure_ms", "bare_ms", "ratio", "road_ms_per_map"):
+        _positive(getattr(f, field), f"faithfulness.{field}")
+    assert f.ratio == pytest.approx(f.measure_ms / f.bare_ms)
+    assert "faithfulness (" in format_report(report) and "ROAD adds" in format_report(report)
 
 
 @pytest.mark.slow
