@@ -2,7 +2,10 @@
 model cards, their filters and charts, all pure functions of the cards.
 
 The cards are the JSON files next to the committed weights (``assets/zoo/zoo_<kind>.json``, written
-by ``python -m attnviz zoo train``), read with :func:`attnviz.backends.zoo.read_card`.
+by ``python -m attnviz zoo train``), read with :func:`attnviz.backends.zoo.read_card`. Their
+``"localization"`` scores each map against the object's box; their ``"faithfulness"``
+(:func:`attnviz.workflows.zoo_training.evaluate_faithfulness`) says whether the decision rests on what
+the map shows, next to a random map's floor and the object box's reference.
 """
 
 from __future__ import annotations
@@ -16,21 +19,42 @@ from attnviz.backends import zoo
 from attnviz.layers.zoo_net import ZOO_KINDS, zoo_name
 
 __all__ = [
+    "FAITHFULNESS",
+    "FAITHFUL_COLUMNS",
     "KINDS_KEY",
     "MAPS_KEY",
     "MAP_CHOICES",
     "METRICS",
     "NO_CARDS",
+    "SCATTER_X",
+    "SCATTER_X_KEY",
     "card_notes",
+    "faithfulness_figure",
+    "faithfulness_notes",
     "filter_rows",
     "is_gradcam",
     "leaderboard_rows",
     "metric_figure",
     "read_cards",
+    "reference_rows",
 ]
 
 KINDS_KEY = "leaderboard_kinds"
 MAPS_KEY = "leaderboard_maps"
+SCATTER_X_KEY = "leaderboard_scatter_x"
+
+# The card's faithfulness figure of each column.
+FAITHFUL_COLUMNS = {
+    "deletion AUC": "deletion_auc",
+    "insertion AUC": "insertion_auc",
+    "ROAD": "road_combined",
+}
+
+# The x axes of the localisation-vs-faithfulness chart: column -> axis title.
+SCATTER_X = {
+    "energy ratio": "energy in box / box area share (× uniform)",
+    "pointing game": "pointing game (share of scenes, 0–1)",
+}
 
 MAP_CHOICES = ("include Grad-CAM", "attention maps only")
 
@@ -40,6 +64,17 @@ box. **Energy in box**: the share of the map's total mass (after upsampling it t
 inside the box, averaged over the scenes; **box area share** is the box's share of the image, which is
 what a uniform map would score. **Energy ratio** = energy in box / box area share: 1 means the map
 is no better than uniform, 3 means it is three times as concentrated on the object.
+"""
+
+FAITHFULNESS = """
+**How to read the faithfulness columns** (does the decision rest on what the map shows? measured on
+the first held-out scenes, following the scene's true class): **deletion AUC**, the area under the
+class probability as the map's most relevant pixels are greyed out first (**lower is better**);
+**insertion AUC**, the area as they are put back first onto a blurred copy (**higher is better**);
+**ROAD**, the probability kept when the least relevant pixels are imputed minus when the most
+relevant are, halved (**higher is better**). A random map scores the **floor** (below the table);
+**insertion − random** is the map's insertion AUC minus the random map's on the same scenes, so
+0 means no better than chance. The object's true box, used as a map, is a reference.
 """
 
 NO_CARDS = """
@@ -107,10 +142,13 @@ def leaderboard_rows(cards: dict[str, dict]) -> list[dict[str, Any]]:
 
     Returns:
         Dicts with model, kind, accuracy, map, pointing game, energy in box, box area share,
-        energy ratio and n (held-out scenes).
+        energy ratio, n (held-out scenes), and the faithfulness columns: deletion AUC, insertion
+        AUC, ROAD and insertion − random (None where the card has no faithfulness).
     """
     rows = []
     for kind, card in cards.items():
+        faithful = (card.get("faithfulness") or {}).get("maps") or {}
+        floor = (card.get("faithfulness") or {}).get("random")
         for score in card.get("localization") or []:
             rows.append(
                 {
@@ -123,9 +161,62 @@ def leaderboard_rows(cards: dict[str, dict]) -> list[dict[str, Any]]:
                     "box area share": score.get("area_share"),
                     "energy ratio": score.get("energy_ratio"),
                     "n": score.get("n"),
+                    **_faithful_cells(faithful.get(str(score.get("name", ""))), floor),
                 }
             )
     return rows
+
+
+def _faithful_cells(figures: dict | None, floor: dict | None) -> dict[str, float | None]:
+    """The faithfulness columns of one map (None where the card has no figure)."""
+    figures = figures or {}
+    cells: dict[str, float | None] = {col: figures.get(key) for col, key in FAITHFUL_COLUMNS.items()}
+    insertion, base = figures.get("insertion_auc"), (floor or {}).get("insertion_auc")
+    cells["insertion − random"] = None if insertion is None or base is None else insertion - base
+    return cells
+
+
+def reference_rows(cards: dict[str, dict]) -> list[dict[str, Any]]:
+    """Per model with faithfulness, the random map's figures (the floor) and the object box's (a
+    reference), as rows with the faithfulness columns."""
+    rows = []
+    for kind, card in cards.items():
+        faithful = card.get("faithfulness") or {}
+        for key, label in (("random", "random map (floor)"), ("object_box", "object box (reference)")):
+            if faithful.get(key):
+                rows.append(
+                    {
+                        "model": str(card.get("name", zoo_name(kind))),
+                        "kind": kind,
+                        "map": label,
+                        **{col: faithful[key].get(k) for col, k in FAITHFUL_COLUMNS.items()},
+                        "scenes": faithful[key].get("n"),
+                    }
+                )
+    return rows
+
+
+def faithfulness_notes(cards: dict[str, dict]) -> list[str]:
+    """The scenes and settings of the cards' faithfulness, or which cards have none."""
+    notes = []
+    missing = [zoo_name(k) for k, card in cards.items() if not card.get("faithfulness")]
+    if missing:
+        notes.append(
+            f"No faithfulness in the card of: {', '.join(missing)}; `python -m attnviz zoo eval` measures it."
+        )
+    settings = {
+        (f.get("n"), f.get("n_road"), f.get("steps"), tuple(f.get("road_percentiles") or ()))
+        for f in (card.get("faithfulness") for card in cards.values())
+        if f
+    }
+    if len(settings) == 1:
+        n, n_road, steps, percentiles = next(iter(settings))
+        notes.append(
+            f"Faithfulness: deletion and insertion in {steps} steps on the first {n} held-out scenes, "
+            f"ROAD (percentiles {', '.join(map(str, percentiles))}) on the first {n_road}; target: the "
+            "scene's true class."
+        )
+    return notes
 
 
 def filter_rows(rows: Sequence[dict[str, Any]], kinds: Sequence[str], gradcam: bool) -> list[dict[str, Any]]:
@@ -175,5 +266,55 @@ def metric_figure(
         xaxis_title=metric,
         yaxis={"automargin": True},
         showlegend=False,
+    )
+    return fig
+
+
+def faithfulness_figure(rows: Sequence[dict[str, Any]], x: str = "energy ratio") -> go.Figure:
+    """Localisation against faithfulness: one point per map (x: ``x``, y: insertion − random),
+    one colour per module kind, Grad-CAM as crosses, each point labelled with its kind.
+
+    Args:
+        rows: leaderboard rows (those without both values are left out).
+        x: a key of :data:`SCATTER_X`.
+
+    Raises:
+        ValueError: an unknown ``x``.
+    """
+    if x not in SCATTER_X:
+        raise ValueError(f"x must be one of {list(SCATTER_X)}, got {x!r}")
+    data = [r for r in rows if r.get(x) is not None and r.get("insertion − random") is not None]
+    fig = go.Figure()
+    for kind in dict.fromkeys(r["kind"] for r in data):
+        mine = [r for r in data if r["kind"] == kind]
+        fig.add_trace(
+            go.Scatter(
+                x=[float(r[x]) for r in mine],
+                y=[float(r["insertion − random"]) for r in mine],
+                mode="markers+text",
+                name=kind,
+                text=[kind for _ in mine],
+                textposition="top center",
+                customdata=[_bar_label(r) for r in mine],
+                marker={
+                    "size": 11,
+                    "symbol": ["x" if is_gradcam(str(r["map"])) else "circle" for r in mine],
+                    "line": {"width": 1, "color": "#333333"},
+                },
+                hovertemplate="%{customdata}<br>" + x + ": %{x:.3f}<br>insertion − random: %{y:+.3f}"
+                "<extra></extra>",
+            )
+        )
+    fig.add_hline(y=0.0, line_dash="dash", line_color="#333333", annotation_text="random map (floor)")
+    if x == "energy ratio":
+        fig.add_vline(x=1.0, line_dash="dot", line_color="#777777", annotation_text="uniform")
+    fig.update_layout(
+        title="Localisation vs faithfulness, one point per map (circles: attention maps; crosses: Grad-CAM)",
+        height=520,
+        margin={"l": 10, "r": 10, "t": 60, "b": 40},
+        xaxis_title=SCATTER_X[x],
+        yaxis_title="insertion AUC − random map's (probability × pixel fraction)",
+        legend_title_text="module",
+        showlegend=True,
     )
     return fig

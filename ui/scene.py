@@ -11,6 +11,9 @@ zoo model on the scene, and the grid of their maps with the true box and localis
   the models, :mod:`attnviz.core.scales`) and its localisation on this one scene
   (:func:`attnviz.views.localisation.score_maps` with n = 1): the energy in the box, its ratio to the
   box's share of the image, and whether the map's maximum falls inside the box (pointing game).
+- Under each zoo model's prediction, its card's figures on the held-out scenes (:func:`card_figures`):
+  the best block's localisation and the faithfulness (deletion and insertion AUCs, ROAD) of that
+  block's map, of Grad-CAM and of a random map (the floor).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import streamlit as st
 
 import attnviz
-from attnviz.backends.zoo import best_block
+from attnviz.backends.zoo import best_block, read_card
 from attnviz.core.scales import MapScale, Quantity, shared_scales
 from attnviz.layers.zoo_net import INPUT_SIZE, ZOO_KINDS, zoo_name
 from attnviz.views.localisation import score_maps
@@ -34,6 +37,7 @@ from ui.runner import Failure, run_model, show_failure
 
 __all__ = [
     "BLOCK_CHOICES",
+    "card_figures",
     "controls",
     "draw_grid",
     "map_caption",
@@ -116,6 +120,46 @@ def map_caption(amap: AttentionMap, box: tuple[int, int, int, int], size: tuple[
     hit = "hit" if score.pointing >= 0.5 else "miss"
     ratio = f"{score.energy_ratio:.1f}x uniform"
     return f"{amap.label} · energy in box {score.energy:.0%} ({ratio}) · pointing: {hit}"
+
+
+def _faithful_text(name: str, figures: dict) -> str:
+    road = figures.get("road_combined")
+    road_text = f" / {road:+.3f}" if road is not None else ""
+    return f"{name} {figures['deletion_auc']:.3f} / {figures['insertion_auc']:.3f}{road_text}"
+
+
+def card_figures(model: str) -> str | None:
+    """What a zoo model's card says about its maps on the held-out scenes, as one Markdown line:
+    the best block's localisation (:func:`attnviz.backends.zoo.best_block`), then the faithfulness
+    (deletion ↓ / insertion ↑ / ROAD ↑) of that block's map, of Grad-CAM and of the random map.
+
+    Returns:
+        None for a model without a card (a user model) or a card without either figure.
+    """
+    card = read_card(model.removeprefix("zoo_")) if model.startswith("zoo_") else None
+    if card is None:
+        return None
+    parts = []
+    best = best_block(card)
+    if best is not None:
+        parts.append(f"Card: {best.text}.")
+    faithful = card.get("faithfulness") or {}
+    maps = faithful.get("maps") or {}
+    shown = []
+    if best is not None and best.name in maps:
+        shown.append(_faithful_text(f"block {best.block}", maps[best.name]))
+    cams = [name for name in maps if name.startswith("Grad-CAM")]
+    if cams:
+        shown.append(_faithful_text("Grad-CAM", maps[cams[0]]))
+    if shown and faithful.get("random"):
+        shown.append(_faithful_text("random", faithful["random"]))
+        road = "ROAD ↑" if any("road_combined" in maps[n] for n in maps) else ""
+        heading = " / ".join(x for x in ("deletion ↓", "insertion ↑", road) if x)
+        scenes = f"{faithful.get('n')} held-out scenes"
+        if road and faithful.get("n_road") is not None:
+            scenes += f", ROAD on {faithful['n_road']}"
+        parts.append(f"Faithfulness on {scenes} ({heading}): " + " · ".join(shown))
+    return " ".join(parts) or None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,6 +273,9 @@ def _header(model: str, analysis: attnviz.Analysis | None, failure: Failure | No
         st.markdown(
             f":red[:material/cancel: **{top.label}** · {top.probability:.0%}] (true: {scene.class_name})"
         )
+    figures = card_figures(model)
+    if figures is not None:
+        st.caption(figures)
 
 
 def _maps(

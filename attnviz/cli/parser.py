@@ -182,11 +182,18 @@ def _add_zoo(commands: argparse._SubParsersAction[RaisingParser], verbose: Raisi
     train.add_argument("--epochs", type=int, default=None, help="training epochs (default: the card's)")
     train.add_argument("--n-train", type=int, default=None, help="training scenes (default: the card's)")
     evaluate = zoo_commands.add_parser(
-        "eval", parents=[verbose], help="accuracy and localisation of the committed zoo weights"
+        "eval",
+        parents=[verbose],
+        help="accuracy, localisation and faithfulness of the committed zoo weights",
     )
     evaluate.add_argument("--kind", action="append", metavar="K", help="a zoo kind; repeat; default: all")
     evaluate.add_argument("--n", type=int, default=None, help="held-out scenes (default: the cards' set)")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+    evaluate.add_argument(
+        "--write-cards",
+        action="store_true",
+        help="store the faithfulness in the cards (assets/zoo/*.json), which the Leaderboard shows",
+    )
 
 
 def _add_bench(commands: argparse._SubParsersAction[RaisingParser], verbose: RaisingParser) -> None:

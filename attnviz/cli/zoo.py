@@ -1,4 +1,9 @@
-"""``attnviz zoo train|eval``: train the built-in zoo, or evaluate its committed weights."""
+"""``attnviz zoo train|eval``: train the built-in zoo, or evaluate its committed weights.
+
+``zoo eval`` measures accuracy and localisation on the held-out scenes and the faithfulness of every
+map (deletion and insertion AUCs, ROAD, next to a random map's floor and the object box's reference)
+on the first :data:`attnviz.workflows.zoo_training.N_FAITHFULNESS` of them.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ __all__ = ["run_zoo"]
 
 
 def run_zoo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Runs ``zoo train`` (writes ``assets/zoo/``) or ``zoo eval`` (a table, or JSON with ``--json``).
+    """Runs ``zoo train`` (writes ``assets/zoo/``) or ``zoo eval`` (a table, or JSON with ``--json``;
+    each row's ``"faithfulness"`` as :func:`attnviz.workflows.zoo_training.evaluate_faithfulness`).
 
     Returns:
         0.
@@ -45,11 +51,21 @@ def run_zoo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         n = args.n or eval_set["n"]
         if n < 1:
             raise UsageError("--n must be at least 1")
-        note(err, f"evaluating {zoo_name(kind)} on {n} held-out scenes (seed {eval_set['seed']})")
+        if args.write_cards and args.n:
+            raise UsageError("--write-cards scores the cards' own held-out set: leave out --n")
+        note(
+            err,
+            f"evaluating {zoo_name(kind)} on {n} held-out scenes (seed {eval_set['seed']}), "
+            f"faithfulness on the first {min(n, zoo.N_FAITHFULNESS)}",
+        )
         images, labels, boxes, _ = zoo.held_out_set(n, eval_set["seed"], eval_set["clutter"])
         rows.append(zoo.evaluate_zoo_model(kind, images, labels, boxes))
+        if args.write_cards and card is not None:  # the card's own set: the figures it describes
+            card["faithfulness"] = rows[-1]["faithfulness"]
+            zoo.card_path(kind).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
+            note(err, f"wrote the faithfulness into {zoo.card_path(kind)}")
     if args.json:
-        json.dump(rows, out, indent=2)
+        json.dump(rows, out, indent=2, allow_nan=False)
         out.write("\n")
     else:
         out.write(zoo.format_table(rows) + "\n")

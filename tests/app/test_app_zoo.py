@@ -7,6 +7,7 @@ tests that run every zoo model are marked ``slow``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,9 @@ def test_scene_page_shows_every_zoo_model_with_box_scores() -> None:
     assert len(attention.image) == 0 and len(cam.image) == 1
     assert any("channels only" in c.value for c in attention.caption)
     assert any("true:" in m.value or "check_circle" in m.value for m in header.markdown)  # prediction
+    header = zoo_sections(at, "zoo_cbam")[0]
+    assert [c.value for c in header.caption] == [scene.card_figures("zoo_cbam")]  # the card's figures
+    assert "Faithfulness on 24 held-out scenes" in header.caption[0].value
 
     at.radio(key="scene_blocks").set_value("all").run()
     assert len(zoo_sections(at, "zoo_cbam")[1].image) == 2
@@ -248,7 +252,7 @@ def test_leaderboard_with_cards(monkeypatch: pytest.MonkeyPatch) -> None:
         "energy ratio",
     ]
     assert table["energy ratio"].max() == pytest.approx(6.0)
-    assert len(at.get("plotly_chart")) == 2  # energy ratio, pointing game
+    assert len(at.get("plotly_chart")) == 3  # energy ratio, pointing game, localisation vs faithfulness
     assert any("uniform" in m.value for m in at.markdown)  # the metrics are explained
     assert any("zoo_ca" in c.value for c in at.caption)  # kinds without a card are named
 
@@ -287,6 +291,98 @@ def test_leaderboard_helpers() -> None:
     fig = leaderboard.metric_figure(rows, "energy ratio", 1.0, "uniform", "t")
     assert list(fig.data[0].x) == sorted(r["energy ratio"] for r in rows)  # best on top
     assert fig.layout.shapes[0].x0 == 1.0
+
+
+def committed_cards() -> dict[str, dict]:
+    return {kind: json.loads(zoo.card_path(kind).read_text()) for kind in ZOO_KINDS}
+
+
+def test_leaderboard_shows_the_cards_faithfulness_and_a_point_per_map() -> None:
+    cards = committed_cards()
+    at = open_page("leaderboard")
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    expected = [(c["name"], s["name"]) for c in cards.values() for s in c["localization"]]
+    assert list(zip(table["model"], table["map"], strict=True)) == expected
+    for _, row in table.iterrows():
+        faithful = cards[row["kind"]]["faithfulness"]
+        figures = faithful["maps"][row["map"]]
+        assert row["deletion AUC"] == figures["deletion_auc"]
+        assert row["insertion AUC"] == figures["insertion_auc"]
+        assert row["ROAD"] == figures["road_combined"]
+        assert row["insertion − random"] == pytest.approx(
+            figures["insertion_auc"] - faithful["random"]["insertion_auc"]
+        )
+    # the floor and the reference of every model, in their own table
+    references = at.dataframe[1].value
+    assert len(references) == 2 * len(cards)
+    floor = references[references["map"] == "random map (floor)"].set_index("kind")
+    for kind, card in cards.items():
+        assert floor.loc[kind, "insertion AUC"] == card["faithfulness"]["random"]["insertion_auc"]
+    assert any("lower deletion AUC is better" in c.value for c in at.caption)
+    assert any("random map is the floor" in c.value or "the floor" in c.value for c in at.caption)
+    # the scatter: one point per map, one trace per module kind, Grad-CAM as crosses
+    spec = json.loads(at.get("plotly_chart")[2].proto.spec)
+    assert sum(len(trace["x"]) for trace in spec["data"]) == len(table)
+    assert [trace["name"] for trace in spec["data"]] == list(cards)
+    symbols = [s for trace in spec["data"] for s in trace["marker"]["symbol"]]
+    assert symbols.count("x") == len(cards)  # every model's Grad-CAM
+    assert "insertion AUC − random" in spec["layout"]["yaxis"]["title"]["text"]
+    assert "× uniform" in spec["layout"]["xaxis"]["title"]["text"]
+    at.radio(key="leaderboard_scatter_x").set_value("pointing game").run()
+    spec = json.loads(at.get("plotly_chart")[2].proto.spec)
+    assert [x for trace in spec["data"] for x in trace["x"]] == pytest.approx(
+        [s["pointing"] for c in cards.values() for s in c["localization"]]
+    )
+
+
+def test_leaderboard_faithfulness_helpers() -> None:
+    cards = {k: dict(v) for k, v in FAKE_CARDS.items()}
+    cards["gc"]["faithfulness"] = {
+        "n": 4,
+        "n_road": 2,
+        "steps": 20,
+        "road_percentiles": [20, 50, 80],
+        "maps": {"Grad-CAM · stage3": {"deletion_auc": 0.1, "insertion_auc": 0.7, "road_combined": 0.2}},
+        "random": {"n": 4, "deletion_auc": 0.3, "insertion_auc": 0.4, "road_combined": 0.0},
+        "object_box": {"n": 4, "deletion_auc": 0.05, "insertion_auc": 0.9, "road_combined": 0.3},
+    }
+    rows = leaderboard.leaderboard_rows(cards)
+    gc = [r for r in rows if r["kind"] == "gc"]
+    assert gc[0]["deletion AUC"] is None and gc[0]["insertion − random"] is None  # no figures: None
+    assert (gc[1]["deletion AUC"], gc[1]["insertion AUC"], gc[1]["ROAD"]) == (0.1, 0.7, 0.2)
+    assert gc[1]["insertion − random"] == pytest.approx(0.3)
+    assert [r["map"] for r in leaderboard.reference_rows(cards)] == [
+        "random map (floor)",
+        "object box (reference)",
+    ]
+    fig = leaderboard.faithfulness_figure(rows)
+    assert [(t.name, list(t.x), list(t.y)) for t in fig.data] == [("gc", [4.0], [pytest.approx(0.3)])]
+    assert list(fig.data[0].marker.symbol) == ["x"]
+    notes = leaderboard.faithfulness_notes(cards)
+    assert "zoo_cbam" in notes[0] and "zoo eval" in notes[0]
+    assert "first 4 held-out scenes" in notes[1] and "20, 50, 80" in notes[1]
+    with pytest.raises(ValueError, match="x must be one of"):
+        leaderboard.faithfulness_figure(rows, "accuracy")
+
+
+def test_scene_card_figures_are_the_cards() -> None:
+    card = json.loads(zoo.card_path("cbam").read_text())
+    best = zoo.best_block(card)
+    faithful = card["faithfulness"]
+    block, cam, floor = faithful["maps"][best.name], faithful["maps"]["Grad-CAM · stage3"], faithful["random"]
+
+    def cells(f: dict) -> str:
+        return f"{f['deletion_auc']:.3f} / {f['insertion_auc']:.3f} / {f['road_combined']:+.3f}"
+
+    assert scene.card_figures("zoo_cbam") == (
+        f"Card: {best.text}. Faithfulness on {faithful['n']} held-out scenes, ROAD on {faithful['n_road']} "
+        f"(deletion ↓ / insertion ↑ / ROAD ↑): block {best.block} {cells(block)} · "
+        f"Grad-CAM {cells(cam)} · random {cells(floor)}"
+    )
+    se = scene.card_figures("zoo_se")  # channel-only attention: no block, Grad-CAM and the floor
+    assert se.startswith("Faithfulness on") and "Grad-CAM" in se and "block" not in se
+    assert scene.card_figures("my_playground_net") is None
 
 
 # --------------------------------------------------------------------------------------------------
