@@ -455,6 +455,13 @@ def test_leaderboard_and_modules_controls(chromium: Any, app_url: str, out_dir: 
         expect(chips).to_have_count(count - 1)
         page.get_by_role("tab", name="Pointing game").click()  # tabs switch in the browser: no rerun
         expect(page.locator(_key("leaderboard_pointing_chart"))).to_be_visible()
+        page.get_by_role("tab", name="Localisation vs faithfulness").click()
+        scatter = page.locator(_key("leaderboard_faithfulness_chart"))
+        expect(scatter).to_contain_text("energy in box")
+        x_axis = page.locator(_key("leaderboard_scatter_x"))
+        _rerun(page, lambda: x_axis.get_by_text("pointing game", exact=True).click())
+        expect(scatter).to_contain_text("pointing game (share of scenes")
+        _screenshot(page, out_dir / "leaderboard_faithfulness.png")
         _no_exception(page)
 
         _go(page, "Modules")
@@ -838,5 +845,23 @@ def test_faithfulness_is_measured_on_demand_below_the_columns(page: Any, out_dir
     expect(page.get_by_text(re.compile(r"^Following “.+” \(class \d+\)"))).to_have_count(len(MODELS))
     expect(page.get_by_test_id("stTable")).to_have_count(len(MODELS))
     _screenshot(page, out_dir / "faithfulness.png", start=_key("compare_faith_measure"), height=1500)
+
+    # fewer maps for the transformer (its Grad-CAM only), then ROAD: a ROAD chart per model
+    deit_maps = page.locator(f"[class*='st-key-compare_faith_maps_{TRANSFORMER}_']")
+    chips = deit_maps.get_by_role("button", name=re.compile("Remove"))
+    while chips.count() > 1:
+        _rerun(page, chips.first.click)
+    expect(deit_maps).to_contain_text("Grad-CAM")
+    _rerun(page, page.locator(_key("compare_faith_road")).get_by_text(re.compile("also ROAD")).click)
+    _rerun(page, button.click)
+    _no_exception(page)
+    for model in MODELS:
+        road = page.locator(_key(f"compare_faith_road_{model}"))
+        expect(road.locator(".js-plotly-plot")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+        expect(road).to_contain_text("percentile")
+    insertion = page.locator(_key(f"compare_faith_insertion_{TRANSFORMER}"))
+    expect(insertion).not_to_contain_text("rollout")  # the removed maps are not scored
+    expect(page.get_by_text("ROAD combined").first).to_be_visible()
+    _screenshot(page, out_dir / "faithfulness_road.png", start=_key("compare_faith_measure"), height=1500)
     log = (out_dir / "server.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-4000:]

@@ -172,7 +172,7 @@ def road_figure(result: Faithfulness) -> go.Figure:
     fig = _layout(
         fig,
         "ROAD (MoRF should drop, LeRF stay near 0)",
-        "percentile of the map imputed (MoRF: above it, LeRF: below it)",
+        "percentile p (MoRF imputes above p, LeRF below)",
         f"change of p(“{result.target_label}”)",
         (-1.0, 1.0),
     )
