@@ -15,7 +15,7 @@ import logging
 import time
 from typing import TextIO
 
-from attnviz.cli.console import EXIT_OK, Failure, UsageError, note
+from attnviz.cli.console import EXIT_OK, UsageError, note
 
 __all__ = ["add_serve_parser", "run_serve"]
 
@@ -113,7 +113,9 @@ def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         SettingsError, UnknownModelError: a config that cannot be served.
         ServingError: the cluster named by ``--address`` cannot be reached.
     """
-    from attnviz.serving import APP_NAME, probe, read_config
+    from attnviz.core.errors import ServingError
+    from attnviz.serving import APP_NAME, read_config
+    from attnviz.serving.client import join
 
     if args.config and args.model:
         raise UsageError("give the models either in --config or with --model, not both")
@@ -136,17 +138,14 @@ def run_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from attnviz.serving.app import deploy, resources
 
     started_here = False
-    if args.address != "auto":
-        probe(args.address)  # even when connected: a named cluster that is down is reported
-    if not ray.is_initialized():
-        try:
-            ray.init(address=args.address, logging_level=logging.WARNING, log_to_driver=False)
-        except ConnectionError:
-            if args.address != "auto":
-                raise Failure(f"cannot join the Ray cluster at {args.address}") from None
-            note(err, "no Ray cluster on this machine: starting a local one (it stops with this command)")
-            ray.init(logging_level=logging.WARNING, include_dashboard=False)
-            started_here = True
+    try:
+        join(None if args.address == "auto" else args.address)
+    except ServingError:
+        if args.address != "auto":  # a named cluster that is down is reported, never replaced
+            raise
+        note(err, "no Ray cluster on this machine: starting a local one (it stops with this command)")
+        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+        started_here = True
     shares = resources(settings, ray.cluster_resources())
     note(err, f"deploying {len(settings.models)} model(s); each replica loads its model, which takes a while")
     start = time.perf_counter()

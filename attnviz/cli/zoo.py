@@ -61,9 +61,9 @@ def run_zoo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         images, labels, boxes, _ = zoo.held_out_set(n, eval_set["seed"], eval_set["clutter"])
         rows.append(zoo.evaluate_zoo_model(kind, images, labels, boxes))
         if args.write_cards and card is not None:  # the card's own set: the figures it describes
-            card["faithfulness"] = rows[-1]["faithfulness"]
-            zoo.card_path(kind).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
-            note(err, f"wrote the faithfulness into {zoo.card_path(kind)}")
+            zoo.write_card_faithfulness(
+                kind, figures=rows[-1]["faithfulness"], log_line=lambda line: note(err, line)
+            )
     if args.json:
         json.dump(rows, out, indent=2, allow_nan=False)
         out.write("\n")

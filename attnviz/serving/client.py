@@ -15,6 +15,7 @@ raised again here, so callers handle both backends alike.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -30,7 +31,17 @@ from attnviz.core.records import Analysis
 from attnviz.runtime import as_rgb_array
 from attnviz.serving.settings import APP_NAME
 
-__all__ = ["DEFAULT_TIMEOUT_S", "RETRIES", "SERVE_HINT", "RayClient", "connect", "host_port", "probe"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "NO_CLUSTER",
+    "RETRIES",
+    "SERVE_HINT",
+    "RayClient",
+    "connect",
+    "host_port",
+    "join",
+    "probe",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +113,63 @@ def connect(
     Raises:
         ServingError: the cluster cannot be reached, or it serves no attnviz application.
     """
+    join(address)
+    return RayClient(address, app_name=app_name, timeout_s=timeout_s)
+
+
+NO_CLUSTER = (
+    "No Ray cluster runs on this machine: start one with `ray start --head` and "
+    "`python -m attnviz serve`, or name one (HOST:6379 or ray://HOST:10001)."
+)
+"""What :func:`join` says when ``"auto"`` finds no cluster (the models' wording by default)."""
+
+
+def _same_cluster(target: tuple[str, int] | None, gcs: str, node_ip: str) -> bool:
+    """Whether ``target`` names the GCS at ``gcs`` (a loopback host stands for this node)."""
+
+    def ip(host: str) -> str:
+        with contextlib.suppress(OSError):
+            host = socket.gethostbyname(host)
+        return node_ip if host.startswith("127.") else host
+
+    connected = host_port(gcs)
+    return bool(target and connected and target[1] == connected[1] and ip(target[0]) == ip(connected[0]))
+
+
+def join(address: str | None, *, hint: str = SERVE_HINT, no_cluster: str = NO_CLUSTER) -> bool:
+    """Connect this process to the Ray cluster at ``address`` (as :func:`connect` takes it).
+
+    A named ``host:port`` or ``ray://host:port`` is probed first, connected or not, so an unreachable
+    cluster fails in seconds with one sentence ending in ``hint``. A process already connected keeps
+    its connection (Ray has one per process); a named address that is not that cluster's GCS is
+    refused, not ignored. ``no_cluster`` is the sentence when ``"auto"`` finds none.
+
+    Returns:
+        True when this call connected (the caller shuts Ray down when done), False when it was.
+
+    Raises:
+        ServingError: as above, or Ray's own refusal in one line.
+    """
     import ray
 
-    if address is not None:
-        probe(address)  # even when connected: a named cluster that is down is reported, not ignored
-    if not ray.is_initialized():
-        target = address or "auto"
-        try:
-            ray.init(address=target, log_to_driver=False, logging_level=logging.WARNING)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            if target == "auto":
-                raise ServingError(
-                    "No Ray cluster runs on this machine: start one with `ray start --head` and "
-                    "`python -m attnviz serve`, or name one (HOST:6379 or ray://HOST:10001)."
-                ) from None
-            raise ServingError(f"Cannot join the Ray cluster at {target}: {_first_line(err)}") from None
-    return RayClient(address, app_name=app_name, timeout_s=timeout_s)
+    named = address not in (None, "", "auto")
+    if named:
+        probe(str(address), hint=hint)
+    if ray.is_initialized():
+        gcs = ray.get_runtime_context().gcs_address
+        if named and not _same_cluster(host_port(str(address)), gcs, ray.util.get_node_ip_address()):
+            raise ServingError(
+                f"This process is already connected to the Ray cluster at {gcs}, not {address}: "
+                "leave the address out to use it, or call ray.shutdown() first."
+            )
+        return False
+    try:
+        ray.init(address=address or "auto", log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        if not named:
+            raise ServingError(no_cluster) from None
+        raise ServingError(f"Cannot join the Ray cluster at {address}: {_first_line(err)}") from None
+    return True
 
 
 def _first_line(err: BaseException) -> str:

@@ -36,7 +36,6 @@ import functools
 import logging
 import os
 import pickle
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -46,9 +45,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnviz.core.errors import AttnvizError, ServingError
+from attnviz.core.errors import AttnvizError
 from attnviz.runtime import resolve_device
-from attnviz.serving.client import host_port, probe
+from attnviz.serving.client import join
 from attnviz.workflows.pipeline import DEFAULT_BATCH_SIZE, RunBase, check_args
 from attnviz.workflows.pipeline_results import (
     PipelineEvent,
@@ -64,46 +63,16 @@ __all__ = ["analyze_to_folder_on_ray"]
 log = logging.getLogger(__name__)
 
 
-def _same_cluster(target: tuple[str, int] | None, gcs: str, node_ip: str) -> bool:
-    """Whether ``target`` names the GCS at ``gcs`` (a loopback host stands for this node)."""
-
-    def ip(host: str) -> str:
-        with contextlib.suppress(OSError):
-            host = socket.gethostbyname(host)
-        return node_ip if host.startswith("127.") else host
-
-    connected = host_port(gcs)
-    return bool(target and connected and target[1] == connected[1] and ip(target[0]) == ip(connected[0]))
-
-
 def _connect(address: str | None) -> bool:
     """Joins Ray (see the module docstring); True when this call connected and must disconnect."""
-    import ray
-
-    target = host_port(address) if address else None
-    if address:
-        probe(address, hint="start it with `ray start --head` or correct the address")
-    if ray.is_initialized():
-        gcs = ray.get_runtime_context().gcs_address
-        if address not in (None, "", "auto") and not _same_cluster(
-            target, gcs, ray.util.get_node_ip_address()
-        ):
-            raise ServingError(
-                f"This process is already connected to the Ray cluster at {gcs}, not {address}: "
-                "leave the address out to use it, or call ray.shutdown() first."
-            )
-        return False
-    try:
-        ray.init(address=address or "auto", log_to_driver=False, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        if address in (None, "", "auto"):
-            raise ServingError(
-                "No Ray cluster runs on this machine: start one with `ray start --head`, or name one "
-                "(--ray HOST:6379 or ray://HOST:10001)."
-            ) from None
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ServingError(f"Cannot join the Ray cluster at {address}: {first}") from None
-    return True
+    return join(
+        address,
+        hint="start it with `ray start --head` or correct the address",
+        no_cluster=(
+            "No Ray cluster runs on this machine: start one with `ray start --head`, or name one "
+            "(--ray HOST:6379 or ray://HOST:10001)."
+        ),
+    )
 
 
 @contextlib.contextmanager

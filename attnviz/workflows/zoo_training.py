@@ -355,10 +355,14 @@ def write_card_metrics(kind: str, log_line: Callable[[str], None] = log.info) ->
 
 
 def write_card_faithfulness(
-    kind: str, n: int = N_FAITHFULNESS, log_line: Callable[[str], None] = log.info
+    kind: str,
+    n: int = N_FAITHFULNESS,
+    log_line: Callable[[str], None] = log.info,
+    figures: dict | None = None,
 ) -> dict:
-    """Score the stored weights of ``kind`` for faithfulness on the first ``n`` scenes of its card's
-    held-out set and write the card's ``"faithfulness"`` only (its other figures stay as they are).
+    """Write the card's ``"faithfulness"`` only (its other figures stay as they are): ``figures``
+    when given (``zoo eval --write-cards`` measured them on the card's set already), else the stored
+    weights of ``kind`` scored on the first ``n`` scenes of the card's held-out set.
 
     Raises:
         FileNotFoundError: the card does not exist.
@@ -366,11 +370,15 @@ def write_card_faithfulness(
     card = read_card(kind)
     if card is None:
         raise FileNotFoundError(f"{card_path(kind)} does not exist: train the model first")
-    ev = card["eval_set"]
-    images, labels, boxes, _ = held_out_set(ev["n"], ev["seed"], ev["clutter"])
-    card["faithfulness"] = evaluate_faithfulness(kind, images, labels, boxes, n=n)
+    if figures is None:
+        ev = card["eval_set"]
+        images, labels, boxes, _ = held_out_set(ev["n"], ev["seed"], ev["clutter"])
+        figures = evaluate_faithfulness(kind, images, labels, boxes, n=n)
+    card["faithfulness"] = figures
     card_path(kind).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
-    log_line(f"{zoo_name(kind)}: faithfulness of {len(card['faithfulness']['maps'])} map(s) on {n} scenes")
+    log_line(
+        f"{zoo_name(kind)}: faithfulness of {len(figures['maps'])} map(s) on {figures.get('n', n)} scenes"
+    )
     return card
 
 

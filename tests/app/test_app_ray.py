@@ -99,6 +99,7 @@ def test_retargeting_grad_cam_runs_on_the_cluster(on_ray: str) -> None:
     [ref] = attnviz.add_gradcam(loaded, [result], [result.input_image], targets=[other])
     assert ref.gradcam is not None
     assert updated.gradcam.values.shape == ref.gradcam.values.shape
+    np.testing.assert_allclose(updated.gradcam.values, ref.gradcam.values, atol=1e-5)  # the cluster's map
 
 
 def test_an_unreachable_cluster_is_one_message_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
